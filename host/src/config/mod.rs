@@ -1,0 +1,309 @@
+//! The configuration: a TOML file (or the original's defaults when there is none),
+//! validated into plain values before anything starts.
+//!
+//! Parsing collects every problem with its place ([`ConfigError`]); `${VAR}`
+//! references are resolved through an injectable [`Env`]. This module owns what
+//! the settings are and their defaults; it does not connect, load or bind.
+
+mod interpolate;
+mod parse;
+mod render;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use self::interpolate::{Env, ProcessEnv};
+use crate::db::ConnectOptions;
+use crate::plugin::{Builtin, ComponentSource};
+
+/// `server.listen` when not set.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// The original's ready paths.
+pub const DEFAULT_READY_PATHS: &[&str] = &["/readyz"];
+/// The original's health (liveness) paths.
+pub const DEFAULT_HEALTH_PATHS: &[&str] = &["/healthz", "/livez"];
+/// Overall readiness deadline: below Kubernetes' default 1 s probe timeout, so
+/// the answer is a 503 with a reason rather than a probe timeout.
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_millis(800);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Memory cap of a probe instance.
+pub const DEFAULT_PROBE_MEMORY: usize = 64 << 20;
+/// The original's migrate lock id.
+pub const DEFAULT_LOCK_ID: i64 = 1000;
+/// The database used when neither the file nor `DATABASE_URL` names one:
+/// Django's default `db.sqlite3` in the working directory.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://db.sqlite3";
+/// The alias the jobs use unless told otherwise, and that `DATABASE_URL` fills.
+pub const DEFAULT_DATABASE: &str = "default";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` for the built-in defaults.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub readiness: ReadinessConfig,
+    pub databases: Vec<DatabaseConfig>,
+    pub caches: Vec<CacheConfig>,
+    pub probes: Vec<ProbeConfig>,
+    pub jobs: JobsConfig,
+    pub runtime: RuntimeConfig,
+    /// Things that are allowed but probably not meant.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub ready_paths: Vec<String>,
+    pub health_paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadinessConfig {
+    /// Overall deadline of one evaluation.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub name: String,
+    /// The URL after interpolation; it may hold a password (see [`Config::render`]).
+    pub url: String,
+    pub options: ConnectOptions,
+    pub connect_timeout: Duration,
+    pub query_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub name: String,
+    /// `host:port` of each memcached server.
+    pub servers: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub name: String,
+    pub component: ComponentSource,
+    /// Where `component` is written, for errors found when it is loaded.
+    pub component_location: Option<Location>,
+    /// Granted database aliases, in config order.
+    pub databases: Vec<String>,
+    /// Granted cache names, in config order.
+    pub caches: Vec<String>,
+    pub timeout: Duration,
+    pub memory: usize,
+    /// The probe's own settings, in file order.
+    pub config: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobsConfig {
+    pub lock_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A place in the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: Option<Location>,
+    /// The setting, e.g. `probes.redis.timeout`; empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(location) = &self.location {
+            write!(f, "{location}: ")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    pub fn single(problem: Problem) -> ConfigError {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "{one}"),
+            many => {
+                write!(f, "{} problems in the configuration:", many.len())?;
+                for problem in many {
+                    write!(f, "\n  {problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Load the configuration: the file at `path` if given, else the defaults.
+pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+    match path {
+        None => Ok(Config::defaults(env)),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::single(Problem {
+                    location: None,
+                    key: String::new(),
+                    message: format!("cannot read config file {}: {e}", path.display()),
+                })
+            })?;
+            parse::parse(&text, path, env)
+        }
+    }
+}
+
+/// Parse configuration text as if read from `file` (used for messages and to
+/// resolve relative paths).
+pub fn parse(text: &str, file: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    parse::parse(text, file, env)
+}
+
+impl Config {
+    /// The original's defaults: its paths, the `database` then `memcached` probes
+    /// granted everything, lock id 1000, and the `default` database from
+    /// `DATABASE_URL`, or Django's `db.sqlite3` when that is unset.
+    pub fn defaults(env: &dyn Env) -> Config {
+        parse::parse("", Path::new("<defaults>"), env)
+            .expect("the built-in defaults are a valid configuration")
+            .with_source(None)
+    }
+
+    fn with_source(mut self, source: Option<PathBuf>) -> Config {
+        self.source = source;
+        self
+    }
+
+    /// Problems that prevent serving: the original refuses to start without
+    /// probes or paths.
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.server.ready_paths.is_empty() && self.server.health_paths.is_empty() {
+            problems.push(self.startup_problem("no ready or health paths configured"));
+        }
+        if self.probes.is_empty() {
+            problems.push(self.startup_problem("no readiness probes configured"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Problems that prevent a readiness check.
+    pub fn check_ready(&self) -> Result<(), ConfigError> {
+        if self.probes.is_empty() {
+            return Err(ConfigError::single(
+                self.startup_problem("no readiness probes configured"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn startup_problem(&self, message: &str) -> Problem {
+        Problem {
+            location: None,
+            key: String::new(),
+            message: message.to_owned(),
+        }
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|d| d.name == name)
+    }
+
+    pub fn cache(&self, name: &str) -> Option<&CacheConfig> {
+        self.caches.iter().find(|c| c.name == name)
+    }
+
+    /// The resolved configuration as TOML, with secrets masked.
+    pub fn render(&self) -> String {
+        render::render(self)
+    }
+}
+
+/// The cache directory used when the config does not set one:
+/// `$PROBEHOST_CACHE_DIR`, else `$XDG_CACHE_HOME/probehost`, else
+/// `$HOME/.cache/probehost`.
+pub fn default_cache_dir(env: &dyn Env) -> Option<PathBuf> {
+    let nonempty = |name: &str| env.var(name).filter(|v| !v.is_empty());
+    nonempty("PROBEHOST_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| nonempty("XDG_CACHE_HOME").map(|d| Path::new(&d).join("probehost")))
+        .or_else(|| nonempty("HOME").map(|d| Path::new(&d).join(".cache/probehost")))
+}
+
+/// The default probes: the bundled ones, granted every database and cache.
+fn default_probes(
+    databases: &[DatabaseConfig],
+    caches: &[CacheConfig],
+    timeout: Duration,
+) -> Vec<ProbeConfig> {
+    [Builtin::Database, Builtin::Memcached]
+        .into_iter()
+        .map(|builtin| ProbeConfig {
+            name: builtin.name().to_owned(),
+            component: ComponentSource::Builtin(builtin),
+            component_location: None,
+            databases: match builtin {
+                Builtin::Database => databases.iter().map(|d| d.name.clone()).collect(),
+                Builtin::Memcached => Vec::new(),
+            },
+            caches: match builtin {
+                Builtin::Database => Vec::new(),
+                Builtin::Memcached => caches.iter().map(|c| c.name.clone()).collect(),
+            },
+            timeout,
+            memory: DEFAULT_PROBE_MEMORY,
+            config: Vec::new(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

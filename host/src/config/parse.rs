@@ -1,0 +1,828 @@
+//! Turns config text into a [`Config`], collecting every problem with its place.
+//!
+//! The document is walked by hand (not through serde) so that one run reports all
+//! unknown keys, wrong types and bad values at once, each with its line and
+//! column, instead of stopping at the first.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{Item, TableLike, Value};
+
+use super::interpolate::{Env, interpolate};
+use super::*;
+use crate::db::ConnectOptions;
+use crate::plugin::{Builtin, ComponentSource};
+
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "readiness",
+    "databases",
+    "caches",
+    "probes",
+    "jobs",
+    "runtime",
+];
+const SERVER_KEYS: &[&str] = &["listen", "ready_paths", "health_paths"];
+const READINESS_KEYS: &[&str] = &["timeout"];
+const DATABASE_KEYS: &[&str] = &["url", "connect_timeout", "query_timeout"];
+const CACHE_KEYS: &[&str] = &["servers", "timeout"];
+const PROBE_KEYS: &[&str] = &[
+    "component",
+    "databases",
+    "caches",
+    "timeout",
+    "memory",
+    "config",
+];
+const JOBS_KEYS: &[&str] = &["lockedmigrate"];
+const LOCKEDMIGRATE_KEYS: &[&str] = &["lock_id"];
+const RUNTIME_KEYS: &[&str] = &["cache_dir", "cache"];
+
+pub(super) fn parse(text: &str, file: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let doc = toml_edit::Document::parse(text).map_err(|e| {
+        let mut parser = Parser::new(text, file, env);
+        parser.problem(
+            e.span(),
+            "",
+            format!("invalid TOML: {}", e.message().trim_end()),
+        );
+        ConfigError {
+            problems: parser.problems,
+        }
+    })?;
+    let mut parser = Parser::new(text, file, env);
+    let config = parser.config(doc.as_item());
+    if parser.problems.is_empty() {
+        return Ok(config);
+    }
+    // In file order; problems without a place (missing keys) last.
+    let mut problems = parser.problems;
+    problems.sort_by_key(|p| {
+        p.location
+            .as_ref()
+            .map_or((usize::MAX, 0), |l| (l.line, l.column))
+    });
+    Err(ConfigError { problems })
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    file: &'a Path,
+    env: &'a dyn Env,
+    problems: Vec<Problem>,
+    warnings: Vec<String>,
+    /// (section, name) of every `[databases.NAME]` and `[caches.NAME]` written,
+    /// valid or not.
+    declared: Vec<(&'static str, String)>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str, file: &'a Path, env: &'a dyn Env) -> Parser<'a> {
+        Parser {
+            text,
+            file,
+            env,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            declared: Vec::new(),
+        }
+    }
+
+    fn config(&mut self, root: &Item) -> Config {
+        let top = self.table(root, "", TOP_KEYS);
+        let get = |key: &str| top.and_then(|t| t.get(key));
+
+        let server = self.server(get("server"));
+        let readiness = ReadinessConfig {
+            timeout: self
+                .opt(
+                    get("readiness"),
+                    "readiness",
+                    READINESS_KEYS,
+                    "timeout",
+                    Self::duration,
+                )
+                .unwrap_or(DEFAULT_READINESS_TIMEOUT),
+        };
+        let databases = self.databases(get("databases"));
+        let caches = self.caches(get("caches"));
+        let probes = match get("probes") {
+            None => default_probes(&databases, &caches, readiness.timeout),
+            Some(item) => self.probes(item, &databases, &caches, &readiness),
+        };
+        let jobs = self.jobs(get("jobs"));
+        let runtime = self.runtime(get("runtime"));
+        Config {
+            source: Some(self.file.to_path_buf()),
+            server,
+            readiness,
+            databases,
+            caches,
+            probes,
+            jobs,
+            runtime,
+            warnings: std::mem::take(&mut self.warnings),
+        }
+    }
+
+    fn server(&mut self, item: Option<&Item>) -> ServerConfig {
+        let table = item.and_then(|i| self.table(i, "server", SERVER_KEYS));
+        let listen = table
+            .and_then(|t| t.get("listen"))
+            .and_then(|i| self.socket_addr(i, "server.listen"))
+            .unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("valid default listen address")
+            });
+        let mut paths = |key: &str, default: &[&str]| match table.and_then(|t| t.get(key)) {
+            None => default.iter().map(|p| (*p).to_owned()).collect(),
+            Some(i) => self.paths(i, &format!("server.{key}")),
+        };
+        let ready_paths = paths("ready_paths", DEFAULT_READY_PATHS);
+        let health_paths = paths("health_paths", DEFAULT_HEALTH_PATHS);
+        ServerConfig {
+            listen,
+            ready_paths,
+            health_paths,
+        }
+    }
+
+    fn databases(&mut self, item: Option<&Item>) -> Vec<DatabaseConfig> {
+        let database_url = self.env.var("DATABASE_URL").filter(|u| !u.is_empty());
+        let mut databases = Vec::new();
+        let Some(item) = item else {
+            // Nothing in the file: the `default` database from DATABASE_URL, else
+            // Django's default SQLite file.
+            let url = database_url.unwrap_or_else(|| DEFAULT_SQLITE_URL.to_owned());
+            if let Some(db) = self.database_from_url(DEFAULT_DATABASE, url, None, "DATABASE_URL") {
+                databases.push(db);
+            }
+            return databases;
+        };
+        let Some(table) = self.named_tables(item, "databases") else {
+            return databases;
+        };
+        for (name, entry) in table.iter() {
+            self.declared.push(("databases", name.to_owned()));
+            let key = format!("databases.{name}");
+            let Some(t) = self.table(entry, &key, DATABASE_KEYS) else {
+                continue;
+            };
+            let url = self.required(t, entry.span(), &key, "url", Self::string);
+            let connect_timeout = self.field(t, &key, "connect_timeout", Self::duration);
+            let query_timeout = self.field(t, &key, "query_timeout", Self::duration);
+            if let Some(((url, _), span)) = url {
+                match ConnectOptions::parse(&url) {
+                    Ok(options) => databases.push(DatabaseConfig {
+                        name: name.to_owned(),
+                        url,
+                        options,
+                        connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                        query_timeout: query_timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT),
+                    }),
+                    Err(e) => self.problem(
+                        span,
+                        &format!("{key}.url"),
+                        format!("invalid database URL: {e}"),
+                    ),
+                }
+            }
+        }
+        // DATABASE_URL fills the `default` alias when the file does not name it.
+        if !table.contains_key(DEFAULT_DATABASE)
+            && let Some(url) = database_url
+            && let Some(db) = self.database_from_url(DEFAULT_DATABASE, url, None, "DATABASE_URL")
+        {
+            databases.insert(0, db);
+        }
+        databases
+    }
+
+    fn database_from_url(
+        &mut self,
+        name: &str,
+        url: String,
+        span: Option<Range<usize>>,
+        key: &str,
+    ) -> Option<DatabaseConfig> {
+        match ConnectOptions::parse(&url) {
+            Ok(options) => Some(DatabaseConfig {
+                name: name.to_owned(),
+                url,
+                options,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                query_timeout: DEFAULT_QUERY_TIMEOUT,
+            }),
+            Err(e) => {
+                self.problem(span, key, format!("invalid database URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn caches(&mut self, item: Option<&Item>) -> Vec<CacheConfig> {
+        let mut caches = Vec::new();
+        let Some(table) = item.and_then(|i| self.named_tables(i, "caches")) else {
+            return caches;
+        };
+        for (name, entry) in table.iter() {
+            self.declared.push(("caches", name.to_owned()));
+            let key = format!("caches.{name}");
+            let Some(t) = self.table(entry, &key, CACHE_KEYS) else {
+                continue;
+            };
+            let servers = self.required(t, entry.span(), &key, "servers", Self::servers);
+            let timeout = self.field(t, &key, "timeout", Self::duration);
+            if let Some((servers, _)) = servers {
+                caches.push(CacheConfig {
+                    name: name.to_owned(),
+                    servers,
+                    timeout: timeout.unwrap_or(DEFAULT_CACHE_TIMEOUT),
+                });
+            }
+        }
+        caches
+    }
+
+    fn probes(
+        &mut self,
+        item: &Item,
+        databases: &[DatabaseConfig],
+        caches: &[CacheConfig],
+        readiness: &ReadinessConfig,
+    ) -> Vec<ProbeConfig> {
+        let mut probes = Vec::new();
+        let Some(table) = self.named_tables(item, "probes") else {
+            return probes;
+        };
+        let database_names: Vec<&str> = databases.iter().map(|d| d.name.as_str()).collect();
+        let cache_names: Vec<&str> = caches.iter().map(|c| c.name.as_str()).collect();
+
+        for (name, entry) in table.iter() {
+            let key = format!("probes.{name}");
+            let Some(t) = self.table(entry, &key, PROBE_KEYS) else {
+                continue;
+            };
+            let component = self.required(t, entry.span(), &key, "component", Self::component);
+            let granted_databases = match t.get("databases") {
+                None => Vec::new(),
+                Some(i) => {
+                    self.grants(i, &format!("{key}.databases"), &database_names, "databases")
+                }
+            };
+            let granted_caches = match t.get("caches") {
+                None => Vec::new(),
+                Some(i) => self.grants(i, &format!("{key}.caches"), &cache_names, "caches"),
+            };
+            let timeout = self.field(t, &key, "timeout", Self::duration);
+            let memory = self.field(t, &key, "memory", Self::size);
+            let config = match t.get("config") {
+                None => Vec::new(),
+                Some(i) => self.probe_settings(i, &format!("{key}.config")),
+            };
+            let Some((component, span)) = component else {
+                continue;
+            };
+            if let Some(timeout) = timeout.filter(|t| *t > readiness.timeout) {
+                self.warnings.push(format!(
+                    "{key}.timeout ({}) is longer than readiness.timeout ({}); the overall deadline stops the probe first",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(readiness.timeout)
+                ));
+            }
+            match &component {
+                ComponentSource::Builtin(Builtin::Database) if granted_databases.is_empty() => {
+                    self.warnings.push(format!(
+                        "{key} uses builtin:database but is granted no databases; it always passes"
+                    ))
+                }
+                ComponentSource::Builtin(Builtin::Memcached)
+                    if granted_caches.is_empty() && !caches.is_empty() =>
+                {
+                    self.warnings.push(format!(
+                        "{key} uses builtin:memcached but is granted no caches; it always passes"
+                    ));
+                }
+                _ => {}
+            }
+            probes.push(ProbeConfig {
+                name: name.to_owned(),
+                component,
+                component_location: self.location(span),
+                databases: granted_databases,
+                caches: granted_caches,
+                timeout: timeout.unwrap_or(readiness.timeout),
+                memory: memory.unwrap_or(DEFAULT_PROBE_MEMORY),
+                config,
+            });
+        }
+        probes
+    }
+
+    fn jobs(&mut self, item: Option<&Item>) -> JobsConfig {
+        let table = item.and_then(|i| self.table(i, "jobs", JOBS_KEYS));
+        let lock_id = table
+            .and_then(|t| t.get("lockedmigrate"))
+            .and_then(|i| {
+                self.opt(
+                    Some(i),
+                    "jobs.lockedmigrate",
+                    LOCKEDMIGRATE_KEYS,
+                    "lock_id",
+                    Self::integer,
+                )
+            })
+            .unwrap_or(DEFAULT_LOCK_ID);
+        JobsConfig { lock_id }
+    }
+
+    fn runtime(&mut self, item: Option<&Item>) -> RuntimeConfig {
+        let table = item.and_then(|i| self.table(i, "runtime", RUNTIME_KEYS));
+        let enabled = table
+            .and_then(|t| t.get("cache"))
+            .and_then(|i| self.boolean(i, "runtime.cache"))
+            .unwrap_or(true);
+        let configured = table
+            .and_then(|t| t.get("cache_dir"))
+            .and_then(|i| self.string(i, "runtime.cache_dir"))
+            .map(|(dir, _)| self.relative(&dir));
+        RuntimeConfig {
+            cache_dir: if enabled {
+                configured.or_else(|| default_cache_dir(self.env))
+            } else {
+                None
+            },
+        }
+    }
+
+    // ----- structure -----
+
+    /// `item` as a table whose keys must be among `allowed`; every other key is
+    /// reported.
+    fn table<'i>(
+        &mut self,
+        item: &'i Item,
+        key: &str,
+        allowed: &[&str],
+    ) -> Option<&'i dyn TableLike> {
+        let Some(table) = item.as_table_like() else {
+            self.wrong_type(item, key, "a table");
+            return None;
+        };
+        for (name, _) in table.iter() {
+            if !allowed.contains(&name) {
+                let span = table.key(name).and_then(|k| k.span());
+                let full = if key.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{key}.{name}")
+                };
+                self.problem(
+                    span,
+                    &full,
+                    format!("unknown key (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+        Some(table)
+    }
+
+    /// A table of named entries (`[databases.NAME]`), whose names are checked.
+    fn named_tables<'i>(&mut self, item: &'i Item, key: &str) -> Option<&'i dyn TableLike> {
+        let Some(table) = item.as_table_like() else {
+            self.wrong_type(item, key, "a table");
+            return None;
+        };
+        for (name, _) in table.iter() {
+            if !is_valid_name(name) {
+                let span = table.key(name).and_then(|k| k.span());
+                self.problem(
+                    span,
+                    &format!("{key}.{name}"),
+                    "names may use only letters, digits, `_`, `-` and `.`",
+                );
+            }
+        }
+        Some(table)
+    }
+
+    /// An optional field of an optional table.
+    fn opt<T>(
+        &mut self,
+        item: Option<&Item>,
+        key: &str,
+        allowed: &[&str],
+        field: &str,
+        read: fn(&mut Self, &Item, &str) -> Option<T>,
+    ) -> Option<T> {
+        let table = self.table(item?, key, allowed)?;
+        self.field(table, key, field, read)
+    }
+
+    fn field<T>(
+        &mut self,
+        table: &dyn TableLike,
+        key: &str,
+        field: &str,
+        read: fn(&mut Self, &Item, &str) -> Option<T>,
+    ) -> Option<T> {
+        let item = table.get(field)?;
+        read(self, item, &format!("{key}.{field}"))
+    }
+
+    /// A field that must be present; its value and span. A missing field is
+    /// reported at its table (`table_span`).
+    fn required<T>(
+        &mut self,
+        table: &dyn TableLike,
+        table_span: Option<Range<usize>>,
+        key: &str,
+        field: &str,
+        read: fn(&mut Self, &Item, &str) -> Option<T>,
+    ) -> Option<(T, Option<Range<usize>>)> {
+        match table.get(field) {
+            Some(item) => read(self, item, &format!("{key}.{field}")).map(|v| (v, item.span())),
+            None => {
+                self.problem(
+                    table_span,
+                    &format!("{key}.{field}"),
+                    "missing (it is required)",
+                );
+                None
+            }
+        }
+    }
+
+    // ----- values -----
+
+    /// A string, with `${VAR}` references resolved; its span.
+    fn string(&mut self, item: &Item, key: &str) -> Option<(String, Option<Range<usize>>)> {
+        let Some(raw) = item.as_str() else {
+            self.wrong_type(item, key, "a string");
+            return None;
+        };
+        self.resolve(raw, item.span(), key)
+            .map(|s| (s, item.span()))
+    }
+
+    fn resolve(&mut self, raw: &str, span: Option<Range<usize>>, key: &str) -> Option<String> {
+        match interpolate(raw, self.env) {
+            Ok(s) => Some(s),
+            Err(errors) => {
+                for e in errors {
+                    self.problem(span.clone(), key, e);
+                }
+                None
+            }
+        }
+    }
+
+    /// An array of strings (a single string is taken as a list of one).
+    fn strings(&mut self, item: &Item, key: &str) -> Option<Vec<(String, Option<Range<usize>>)>> {
+        if item.is_str() {
+            return self.string(item, key).map(|s| vec![s]);
+        }
+        let Some(array) = item.as_array() else {
+            self.wrong_type(item, key, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for value in array.iter() {
+            match value.as_str() {
+                Some(raw) => match self.resolve(raw, value.span(), key) {
+                    Some(s) => out.push((s, value.span())),
+                    None => ok = false,
+                },
+                None => {
+                    self.problem(
+                        value.span(),
+                        key,
+                        format!(
+                            "expected an array of strings, found an element that is {}",
+                            article(value.type_name())
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn paths(&mut self, item: &Item, key: &str) -> Vec<String> {
+        let mut paths = Vec::new();
+        for (path, span) in self.strings(item, key).unwrap_or_default() {
+            if !path.starts_with('/')
+                || path.contains(['?', '#'])
+                || path.contains(char::is_whitespace)
+            {
+                self.problem(
+                    span,
+                    key,
+                    format!(
+                        "{path:?} is not a URL path (it must start with `/` and have no query)"
+                    ),
+                );
+            } else if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        paths
+    }
+
+    fn socket_addr(&mut self, item: &Item, key: &str) -> Option<SocketAddr> {
+        let (value, span) = self.string(item, key)?;
+        match value.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    span,
+                    key,
+                    format!("{value:?} is not an IP address and port, e.g. \"0.0.0.0:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn servers(&mut self, item: &Item, key: &str) -> Option<Vec<String>> {
+        let servers = self.strings(item, key)?;
+        if servers.is_empty() {
+            self.problem(item.span(), key, "at least one server is required");
+            return None;
+        }
+        let mut out = Vec::new();
+        for (server, span) in servers {
+            let valid = server.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if valid {
+                out.push(server);
+            } else {
+                self.problem(span, key, format!("{server:?} is not `host:port`"));
+            }
+        }
+        Some(out)
+    }
+
+    fn component(&mut self, item: &Item, key: &str) -> Option<ComponentSource> {
+        let (value, span) = self.string(item, key)?;
+        if let Some(name) = value.strip_prefix("builtin:") {
+            return match Builtin::from_name(name) {
+                Some(b) => Some(ComponentSource::Builtin(b)),
+                None => {
+                    let known: Vec<String> = Builtin::ALL
+                        .iter()
+                        .map(|b| format!("builtin:{}", b.name()))
+                        .collect();
+                    self.problem(
+                        span,
+                        key,
+                        format!(
+                            "unknown built-in probe {value:?} (known: {})",
+                            known.join(", ")
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        let path = self.relative(&value);
+        if !path.is_file() {
+            self.problem(
+                span,
+                key,
+                format!("component file not found: {}", path.display()),
+            );
+            return None;
+        }
+        Some(ComponentSource::File(path))
+    }
+
+    /// Granted names: `"*"` (everything configured) or a list of known names.
+    /// A name declared in `section` but invalid is not reported again.
+    fn grants(&mut self, item: &Item, key: &str, known: &[&str], section: &str) -> Vec<String> {
+        let what = section.trim_end_matches('s');
+        let Some(names) = self.strings(item, key) else {
+            return Vec::new();
+        };
+        if names.iter().any(|(n, _)| n == "*") {
+            return known.iter().map(|n| (*n).to_owned()).collect();
+        }
+        let mut granted = Vec::new();
+        for (name, span) in names {
+            let declared = self
+                .declared
+                .iter()
+                .any(|(s, n)| *s == section && *n == name);
+            if !known.contains(&name.as_str()) && !declared {
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                self.problem(
+                    span,
+                    key,
+                    format!("no {what} named {name:?} is configured (configured: {known})"),
+                );
+            } else if known.contains(&name.as_str()) && !granted.contains(&name) {
+                granted.push(name);
+            }
+        }
+        granted
+    }
+
+    fn probe_settings(&mut self, item: &Item, key: &str) -> Vec<(String, String)> {
+        let Some(table) = item.as_table_like() else {
+            self.wrong_type(item, key, "a table");
+            return Vec::new();
+        };
+        let mut settings = Vec::new();
+        for (name, value) in table.iter() {
+            let full = format!("{key}.{name}");
+            let text = match value.as_value() {
+                Some(Value::String(s)) => self.resolve(s.value(), value.span(), &full),
+                Some(Value::Integer(i)) => Some(i.value().to_string()),
+                Some(Value::Float(f)) => Some(f.value().to_string()),
+                Some(Value::Boolean(b)) => Some(b.value().to_string()),
+                _ => {
+                    self.wrong_type(value, &full, "a string, number or boolean");
+                    None
+                }
+            };
+            if let Some(text) = text {
+                settings.push((name.to_owned(), text));
+            }
+        }
+        settings
+    }
+
+    /// Seconds as a number, or a string with units such as "800ms", "5s", "1m".
+    fn duration(&mut self, item: &Item, key: &str) -> Option<Duration> {
+        let parsed = match item.as_value() {
+            Some(Value::Integer(i)) => u64::try_from(*i.value()).ok().map(Duration::from_secs),
+            Some(Value::Float(f)) => Duration::try_from_secs_f64(*f.value()).ok(),
+            Some(Value::String(_)) => {
+                let (text, _) = self.string(item, key)?;
+                humantime::parse_duration(text.trim()).ok()
+            }
+            _ => {
+                self.wrong_type(
+                    item,
+                    key,
+                    "a duration such as \"800ms\" or a number of seconds",
+                );
+                return None;
+            }
+        };
+        match parsed {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.problem(
+                    item.span(),
+                    key,
+                    format!(
+                        "{} is not a positive duration (use e.g. \"800ms\", \"5s\" or 2.5)",
+                        item.to_string().trim()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Bytes as an integer, or a string such as "64MiB", "512KiB", "1GiB", "10MB".
+    fn size(&mut self, item: &Item, key: &str) -> Option<usize> {
+        let parsed = match item.as_value() {
+            Some(Value::Integer(i)) => usize::try_from(*i.value()).ok(),
+            Some(Value::String(_)) => {
+                let (text, _) = self.string(item, key)?;
+                parse_size(&text)
+            }
+            _ => {
+                self.wrong_type(item, key, "a size such as \"64MiB\" or a number of bytes");
+                return None;
+            }
+        };
+        match parsed {
+            Some(bytes) if bytes >= 1 << 20 => Some(bytes),
+            Some(_) => {
+                self.problem(item.span(), key, "must be at least 1MiB");
+                None
+            }
+            None => {
+                self.problem(
+                    item.span(),
+                    key,
+                    format!(
+                        "{} is not a size (use e.g. \"64MiB\", \"512KiB\" or a number of bytes)",
+                        item.to_string().trim()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, item: &Item, key: &str) -> Option<i64> {
+        match item.as_integer() {
+            Some(i) => Some(i),
+            None => {
+                self.wrong_type(item, key, "an integer");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, item: &Item, key: &str) -> Option<bool> {
+        match item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.wrong_type(item, key, "true or false");
+                None
+            }
+        }
+    }
+
+    // ----- reporting -----
+
+    fn wrong_type(&mut self, item: &Item, key: &str, expected: &str) {
+        self.problem(
+            item.span(),
+            key,
+            format!("expected {expected}, found {}", article(item.type_name())),
+        );
+    }
+
+    fn problem(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        let location = self.location(span);
+        self.problems.push(Problem {
+            location,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn location(&self, span: Option<Range<usize>>) -> Option<Location> {
+        let start = span?.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        Some(Location {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+        })
+    }
+
+    /// A path from the file, relative to the file's directory.
+    fn relative(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn article(type_name: &str) -> String {
+    let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {type_name}", if vowel { "an" } else { "a" })
+}
+
+/// "64MiB", "512 KiB", "1GiB", "10MB", "65536" → bytes.
+pub(super) fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}

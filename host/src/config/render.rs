@@ -1,0 +1,120 @@
+//! The resolved configuration as TOML, for `probehost config check`, with
+//! secrets masked: passwords in database URLs, and probe settings whose names
+//! suggest a secret.
+
+use std::time::Duration;
+
+use toml_edit::{Array, DocumentMut, Item, Table, value};
+
+use super::Config;
+use crate::readiness::format_size;
+
+const MASK: &str = "****";
+/// Probe settings whose name contains one of these are shown masked.
+const SECRET_HINTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "auth",
+];
+
+pub(super) fn render(config: &Config) -> String {
+    let mut doc = DocumentMut::new();
+
+    let mut server = Table::new();
+    server["listen"] = value(config.server.listen.to_string());
+    server["ready_paths"] = value(strings(&config.server.ready_paths));
+    server["health_paths"] = value(strings(&config.server.health_paths));
+    doc["server"] = Item::Table(server);
+
+    let mut readiness = Table::new();
+    readiness["timeout"] = value(duration(config.readiness.timeout));
+    doc["readiness"] = Item::Table(readiness);
+
+    let mut databases = Table::new();
+    databases.set_implicit(true);
+    for db in &config.databases {
+        let mut t = Table::new();
+        t["url"] = value(mask_url(&db.url));
+        t["connect_timeout"] = value(duration(db.connect_timeout));
+        t["query_timeout"] = value(duration(db.query_timeout));
+        databases[&db.name] = Item::Table(t);
+    }
+    doc["databases"] = Item::Table(databases);
+
+    let mut caches = Table::new();
+    caches.set_implicit(true);
+    for cache in &config.caches {
+        let mut t = Table::new();
+        t["servers"] = value(strings(&cache.servers));
+        t["timeout"] = value(duration(cache.timeout));
+        caches[&cache.name] = Item::Table(t);
+    }
+    doc["caches"] = Item::Table(caches);
+
+    let mut probes = Table::new();
+    probes.set_implicit(true);
+    for probe in &config.probes {
+        let mut t = Table::new();
+        t["component"] = value(probe.component.to_string());
+        t["databases"] = value(strings(&probe.databases));
+        t["caches"] = value(strings(&probe.caches));
+        t["timeout"] = value(duration(probe.timeout));
+        t["memory"] = value(format_size(probe.memory).replace(' ', ""));
+        if !probe.config.is_empty() {
+            let mut settings = Table::new();
+            for (k, v) in &probe.config {
+                let secret = SECRET_HINTS
+                    .iter()
+                    .any(|h| k.to_ascii_lowercase().contains(h));
+                settings[k] = value(if secret { MASK } else { v.as_str() });
+            }
+            t["config"] = Item::Table(settings);
+        }
+        probes[&probe.name] = Item::Table(t);
+    }
+    doc["probes"] = Item::Table(probes);
+
+    let mut lockedmigrate = Table::new();
+    lockedmigrate["lock_id"] = value(config.jobs.lock_id);
+    let mut jobs = Table::new();
+    jobs.set_implicit(true);
+    jobs["lockedmigrate"] = Item::Table(lockedmigrate);
+    doc["jobs"] = Item::Table(jobs);
+
+    let mut runtime = Table::new();
+    match &config.runtime.cache_dir {
+        Some(dir) => runtime["cache_dir"] = value(dir.display().to_string()),
+        None => runtime["cache"] = value(false),
+    }
+    doc["runtime"] = Item::Table(runtime);
+
+    doc.to_string()
+}
+
+fn strings(items: &[String]) -> Array {
+    items.iter().map(String::as_str).collect()
+}
+
+fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The URL with its password (if any) replaced by `****`.
+pub(crate) fn mask_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some(MASK));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not parseable as a URL: show only the scheme, in case it holds a secret.
+        Err(_) => match url.split_once(':') {
+            Some((scheme, _)) => format!("{scheme}:{MASK}"),
+            None => MASK.to_owned(),
+        },
+    }
+}

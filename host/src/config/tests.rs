@@ -1,0 +1,318 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    parse(text, Path::new("probehost.toml"), &env(vars))
+}
+
+fn problems(text: &str) -> Vec<String> {
+    parse_with(text, &[])
+        .expect_err("config should be rejected")
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn defaults_are_the_originals() {
+    let config = Config::defaults(&env(&[]));
+    assert_eq!(config.source, None);
+    assert_eq!(config.server.ready_paths, ["/readyz"]);
+    assert_eq!(config.server.health_paths, ["/healthz", "/livez"]);
+    let probes: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(probes, ["database", "memcached"]);
+    assert_eq!(config.jobs.lock_id, 1000);
+    assert!(config.readiness.timeout < Duration::from_secs(1));
+    assert_eq!(config.databases.len(), 1);
+    assert_eq!(config.databases[0].name, "default");
+    assert_eq!(config.databases[0].url, DEFAULT_SQLITE_URL);
+    assert_eq!(config.probes[0].databases, ["default"]);
+}
+
+#[test]
+fn database_url_fills_the_default_database() {
+    let config = Config::defaults(&env(&[("DATABASE_URL", "postgres://app@db:5432/app")]));
+    assert_eq!(config.databases[0].url, "postgres://app@db:5432/app");
+
+    // A file that names other databases but not `default` gets it from the env too.
+    let config = parse_with(
+        "[databases.replica]\nurl = \"postgres://r/app\"\n",
+        &[("DATABASE_URL", "postgres://p/app")],
+    )
+    .unwrap();
+    let names: Vec<&str> = config.databases.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["default", "replica"]);
+
+    // A file that names `default` wins over the env.
+    let config = parse_with(
+        "[databases.default]\nurl = \"postgres://file/app\"\n",
+        &[("DATABASE_URL", "postgres://env/app")],
+    )
+    .unwrap();
+    assert_eq!(config.databases[0].url, "postgres://file/app");
+}
+
+#[test]
+fn a_full_file_is_read_in_order() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:9000"
+ready_paths = ["/ready"]
+health_paths = ["/live", "/health"]
+
+[readiness]
+timeout = "500ms"
+
+[databases.default]
+url = "postgres://app:${DB_PASSWORD}@127.0.0.1:5432/app"
+connect_timeout = 2
+
+[databases.other]
+url = "mysql://root@127.0.0.1:3306/test"
+query_timeout = "1.5s"
+
+[caches.default]
+servers = ["127.0.0.1:11211", "127.0.0.1:11212"]
+timeout = "250ms"
+
+[probes.memcached]
+component = "builtin:memcached"
+caches = "*"
+
+[probes.database]
+component = "builtin:database"
+databases = ["other", "default"]
+timeout = "300ms"
+memory = "16MiB"
+config = { mode = "strict", retries = 3, verbose = true }
+
+[jobs.lockedmigrate]
+lock_id = 42
+
+[runtime]
+cache = false
+"#;
+    let config = parse_with(text, &[("DB_PASSWORD", "hunter2")]).unwrap();
+    assert_eq!(config.server.listen, "127.0.0.1:9000".parse().unwrap());
+    assert_eq!(config.server.ready_paths, ["/ready"]);
+    assert_eq!(config.readiness.timeout, Duration::from_millis(500));
+    assert_eq!(
+        config.databases[0].url,
+        "postgres://app:hunter2@127.0.0.1:5432/app"
+    );
+    assert_eq!(config.databases[0].connect_timeout, Duration::from_secs(2));
+    assert_eq!(
+        config.databases[1].query_timeout,
+        Duration::from_millis(1500)
+    );
+    assert_eq!(
+        config.caches[0].servers,
+        ["127.0.0.1:11211", "127.0.0.1:11212"]
+    );
+    let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["memcached", "database"],
+        "probes keep the file's order"
+    );
+    assert_eq!(config.probes[0].caches, ["default"]);
+    assert_eq!(
+        config.probes[0].timeout,
+        Duration::from_millis(500),
+        "probe timeout defaults to readiness.timeout"
+    );
+    assert_eq!(config.probes[1].databases, ["other", "default"]);
+    assert_eq!(config.probes[1].memory, 16 << 20);
+    assert_eq!(
+        config.probes[1].config,
+        [
+            ("mode".to_owned(), "strict".to_owned()),
+            ("retries".to_owned(), "3".to_owned()),
+            ("verbose".to_owned(), "true".to_owned())
+        ]
+    );
+    assert_eq!(
+        config.probes[1].component_location.as_ref().unwrap().line,
+        27
+    );
+    assert_eq!(config.jobs.lock_id, 42);
+    assert_eq!(config.runtime.cache_dir, None);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_place() {
+    let text = r#"
+[server]
+listen = "nowhere"
+ready_paths = "readyz"
+bogus = 1
+
+[databases.default]
+url = "redis://x"
+connect_timeout = "soon"
+
+[probes.db]
+component = "builtin:nope"
+databases = ["missing"]
+memory = "lots"
+timeout = 0
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            r#"probehost.toml:3:10: server.listen: "nowhere" is not an IP address and port, e.g. "0.0.0.0:8080""#,
+            r#"probehost.toml:4:15: server.ready_paths: "readyz" is not a URL path (it must start with `/` and have no query)"#,
+            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, ready_paths, health_paths)"#,
+            r#"probehost.toml:8:7: databases.default.url: invalid database URL: unsupported scheme `redis` (expected postgres, postgresql, mysql, mariadb or sqlite)"#,
+            r#"probehost.toml:9:19: databases.default.connect_timeout: "soon" is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
+            r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached)"#,
+            r#"probehost.toml:13:14: probes.db.databases: no database named "missing" is configured (configured: none)"#,
+            r#"probehost.toml:14:10: probes.db.memory: "lots" is not a size (use e.g. "64MiB", "512KiB" or a number of bytes)"#,
+            r#"probehost.toml:15:11: probes.db.timeout: 0 is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
+        ],
+        "every problem, in file order"
+    );
+}
+
+#[test]
+fn wrong_types_and_missing_fields_are_named() {
+    let text = r#"
+readiness = 5
+[caches.main]
+timeout = "1s"
+[probes.p]
+databases = [1]
+config = { nested = { a = 1 } }
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "probehost.toml:2:13: readiness: expected a table, found an integer",
+            "probehost.toml:3:1: caches.main.servers: missing (it is required)",
+            "probehost.toml:5:1: probes.p.component: missing (it is required)",
+            "probehost.toml:6:14: probes.p.databases: expected an array of strings, found an element that is an integer",
+            "probehost.toml:7:21: probes.p.config.nested: expected a string, number or boolean, found an inline table",
+        ]
+    );
+}
+
+#[test]
+fn unset_variables_are_errors_at_their_place() {
+    let text = "[databases.default]\nurl = \"postgres://app:${DB_PASSWORD}@db/app\"\n";
+    assert_eq!(
+        problems(text),
+        ["probehost.toml:2:7: databases.default.url: environment variable DB_PASSWORD is not set"]
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_place() {
+    let found = problems("[server\nlisten = 1\n");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("probehost.toml:1:"), "{}", found[0]);
+    assert!(found[0].contains("invalid TOML"), "{}", found[0]);
+}
+
+#[test]
+fn component_files_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("probe.wasm"), b"").unwrap();
+    let file = dir.path().join("probehost.toml");
+    let text =
+        "[probes.mine]\ncomponent = \"probe.wasm\"\n[probes.gone]\ncomponent = \"gone.wasm\"\n";
+    let err = parse(text, &file, &env(&[])).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].key, "probes.gone.component");
+    assert!(
+        err.problems[0]
+            .message
+            .starts_with("component file not found")
+    );
+}
+
+#[test]
+fn empty_lists_fail_start_up_with_the_originals_messages() {
+    let config = parse_with(
+        "probes = {}\n[server]\nready_paths = []\nhealth_paths = []\n",
+        &[],
+    )
+    .unwrap();
+    let messages: Vec<String> = config
+        .check_serve()
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "no ready or health paths configured",
+            "no readiness probes configured"
+        ]
+    );
+    assert_eq!(
+        config.check_ready().unwrap_err().to_string(),
+        "no readiness probes configured"
+    );
+}
+
+#[test]
+fn rendering_masks_secrets() {
+    let text = r#"
+[databases.default]
+url = "postgres://app:hunter2@db:5432/app"
+[probes.custom]
+component = "builtin:database"
+databases = "*"
+config = { password = "hunter2", region = "eu" }
+"#;
+    let rendered = parse_with(text, &[]).unwrap().render();
+    assert!(!rendered.contains("hunter2"), "{rendered}");
+    assert!(
+        rendered.contains("postgres://app:****@db:5432/app"),
+        "{rendered}"
+    );
+    assert!(rendered.contains(r#"password = "****""#), "{rendered}");
+    assert!(rendered.contains(r#"region = "eu""#), "{rendered}");
+    // What was rendered is itself a valid configuration.
+    parse_with(&rendered, &[]).unwrap();
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    assert_eq!(parse::parse_size("64MiB"), Some(64 << 20));
+    assert_eq!(parse::parse_size("512 KiB"), Some(512 << 10));
+    assert_eq!(parse::parse_size("1GiB"), Some(1 << 30));
+    assert_eq!(parse::parse_size("10MB"), Some(10_000_000));
+    assert_eq!(parse::parse_size("65536"), Some(65536));
+    assert_eq!(parse::parse_size("lots"), None);
+}
+
+#[test]
+fn cache_dir_follows_the_environment() {
+    let config = Config::defaults(&env(&[("HOME", "/home/app")]));
+    assert_eq!(
+        config.runtime.cache_dir.as_deref(),
+        Some(Path::new("/home/app/.cache/probehost"))
+    );
+    let config = Config::defaults(&env(&[
+        ("HOME", "/home/app"),
+        ("PROBEHOST_CACHE_DIR", "/var/cache/ph"),
+    ]));
+    assert_eq!(
+        config.runtime.cache_dir.as_deref(),
+        Some(Path::new("/var/cache/ph"))
+    );
+    assert_eq!(Config::defaults(&env(&[])).runtime.cache_dir, None);
+}

@@ -1,0 +1,15 @@
+//! probehost: Kubernetes liveness and readiness probes, exec probes and
+//! deployment jobs for Django and other applications, with readiness probes that
+//! run as sandboxed WebAssembly components.
+//!
+//! Dependencies point one way: `main → cli → app → {server, readiness, plugin}
+//! → {config, db, memcached}`. [`app`] is the only module that wires them.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod memcached;
+pub mod plugin;
+pub mod readiness;
+pub mod server;

@@ -1,0 +1,372 @@
+//! The per-check store state and the host capabilities a probe imports.
+//!
+//! Every capability answers from the probe's [`Grants`]: a database or cache the
+//! probe was not granted is an error value (`not-granted`), never a trap. Calls
+//! that wait on the network are bounded by the check's remaining deadline, less a
+//! reserve that leaves the probe time to turn the error into its own answer.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::probehost::probe::{config, log, memcached, sql, types};
+use crate::db::{self, Database, DbError};
+use crate::memcached::{Cache, CacheError};
+
+/// Longest log line a probe may write; the rest is cut.
+pub(crate) const MAX_LOG_LINE: usize = 1024;
+/// Log lines a probe may write per check; further lines are counted and dropped.
+pub(crate) const MAX_LOG_LINES: u32 = 32;
+/// Bytes of a probe's stderr kept per check (for the reason of a crash).
+const MAX_STDERR: usize = 4096;
+
+/// What a probe was granted by its `[probes.NAME]` table.
+#[derive(Debug, Default)]
+pub struct Grants {
+    pub databases: Vec<Arc<Database>>,
+    pub caches: Vec<Arc<Cache>>,
+    pub config: Vec<(String, String)>,
+}
+
+/// The store data of one check.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    probe: Arc<str>,
+    grants: Arc<Grants>,
+    deadline: Instant,
+    reserve: Duration,
+    memory_limit: usize,
+    pub(crate) memory_exceeded: Option<usize>,
+    pub(crate) log: LogBudget,
+    pub(crate) stderr: Capture,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        probe: Arc<str>,
+        grants: Arc<Grants>,
+        deadline: Instant,
+        reserve: Duration,
+        memory_limit: usize,
+    ) -> HostState {
+        let stderr = Capture::new(MAX_STDERR);
+        // No filesystem, environment, arguments or network: the defaults of an
+        // empty WASI context, with sockets switched off explicitly.
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            probe,
+            grants,
+            deadline,
+            reserve,
+            memory_limit,
+            memory_exceeded: None,
+            log: LogBudget::default(),
+            stderr,
+        }
+    }
+
+    /// Time left for a host call: until the deadline, less the reserve.
+    fn budget(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(self.reserve)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            // Trap rather than fail the allocation: the guest cannot recover in a
+            // useful way, and the host can name the reason.
+            self.memory_exceeded = Some(desired);
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants
+            .config
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn entries(&mut self) -> Vec<(String, String)> {
+        self.grants.config.clone()
+    }
+}
+
+/// Per-check bounds on a probe's logging.
+#[derive(Debug, Default)]
+pub(crate) struct LogBudget {
+    lines: u32,
+    pub(crate) dropped: u32,
+    /// The last error-level line: the SDK reports a panic this way just before
+    /// the trap, so it becomes the reason.
+    pub(crate) last_error: Option<String>,
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let message = truncate(&message, MAX_LOG_LINE);
+        if level == log::Level::Error {
+            self.log.last_error = Some(message.to_owned());
+        }
+        if self.log.lines >= MAX_LOG_LINES {
+            self.log.dropped += 1;
+            return;
+        }
+        self.log.lines += 1;
+        let probe = &*self.probe;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "probehost::guest", probe, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "probehost::guest", probe, "{message}"),
+            log::Level::Info => tracing::info!(target: "probehost::guest", probe, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "probehost::guest", probe, "{message}"),
+            log::Level::Error => tracing::error!(target: "probehost::guest", probe, "{message}"),
+        }
+    }
+}
+
+impl sql::Host for HostState {
+    fn databases(&mut self) -> Vec<sql::Database> {
+        self.grants
+            .databases
+            .iter()
+            .map(|db| sql::Database {
+                name: db.name().to_owned(),
+                backend: match db.backend() {
+                    db::Backend::Postgres => sql::Backend::Postgres,
+                    db::Backend::Mysql => sql::Backend::Mysql,
+                    db::Backend::Sqlite => sql::Backend::Sqlite,
+                },
+            })
+            .collect()
+    }
+
+    async fn query(
+        &mut self,
+        database: String,
+        statement: String,
+        params: Vec<sql::Value>,
+    ) -> Result<sql::Rows, sql::Error> {
+        let Some(db) = self
+            .grants
+            .databases
+            .iter()
+            .find(|d| d.name() == database)
+            .cloned()
+        else {
+            return Err(sql::Error::NotGranted(format!(
+                "database `{database}` is not granted to probe `{}`",
+                self.probe
+            )));
+        };
+        let params: Vec<db::Value> = params.into_iter().map(from_wit_value).collect();
+        match db.query(&statement, &params, self.budget()).await {
+            Ok(rows) => Ok(sql::Rows {
+                columns: rows.columns,
+                rows: rows
+                    .rows
+                    .into_iter()
+                    .map(|row| row.into_iter().map(to_wit_value).collect())
+                    .collect(),
+            }),
+            Err(DbError::Connection(m)) => Err(sql::Error::Connection(m)),
+            Err(e @ DbError::Timeout(_)) => Err(sql::Error::Timeout(e.to_string())),
+            Err(DbError::Query(m)) => Err(sql::Error::Query(m)),
+        }
+    }
+}
+
+fn from_wit_value(v: sql::Value) -> db::Value {
+    match v {
+        sql::Value::Null => db::Value::Null,
+        sql::Value::Boolean(b) => db::Value::Boolean(b),
+        sql::Value::Integer(i) => db::Value::Integer(i),
+        sql::Value::Real(r) => db::Value::Real(r),
+        sql::Value::Text(t) => db::Value::Text(t),
+        sql::Value::Blob(b) => db::Value::Blob(b),
+    }
+}
+
+fn to_wit_value(v: db::Value) -> sql::Value {
+    match v {
+        db::Value::Null => sql::Value::Null,
+        db::Value::Boolean(b) => sql::Value::Boolean(b),
+        db::Value::Integer(i) => sql::Value::Integer(i),
+        db::Value::Real(r) => sql::Value::Real(r),
+        db::Value::Text(t) => sql::Value::Text(t),
+        db::Value::Blob(b) => sql::Value::Blob(b),
+    }
+}
+
+impl memcached::Host for HostState {
+    fn caches(&mut self) -> Vec<memcached::Cache> {
+        self.grants
+            .caches
+            .iter()
+            .map(|c| memcached::Cache {
+                name: c.name().to_owned(),
+                servers: c.servers().map(str::to_owned).collect(),
+            })
+            .collect()
+    }
+
+    async fn stats(
+        &mut self,
+        cache: String,
+        server: String,
+    ) -> Result<Vec<(String, String)>, memcached::Error> {
+        let not_granted = || {
+            memcached::Error::NotGranted(format!(
+                "server `{server}` of cache `{cache}` is not granted to probe `{}`",
+                self.probe
+            ))
+        };
+        let Some(granted) = self
+            .grants
+            .caches
+            .iter()
+            .find(|c| c.name() == cache)
+            .cloned()
+        else {
+            return Err(not_granted());
+        };
+        match granted.stats(&server, self.budget()).await {
+            None => Err(not_granted()),
+            Some(Ok(stats)) => Ok(stats),
+            Some(Err(CacheError::Connection(m))) => Err(memcached::Error::Connection(m)),
+            Some(Err(e @ CacheError::Timeout(_))) => Err(memcached::Error::Timeout(e.to_string())),
+            Some(Err(CacheError::Protocol(m))) => Err(memcached::Error::Protocol(m)),
+        }
+    }
+}
+
+/// The longest prefix of `s` that fits in `max` bytes and ends on a character
+/// boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A bounded in-memory stream for a guest's stderr: keeps the first `capacity`
+/// bytes and accepts (and drops) the rest, so a chatty guest neither fails its
+/// writes nor grows the host's memory.
+#[derive(Clone)]
+pub(crate) struct Capture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    capacity: usize,
+}
+
+impl Capture {
+    fn new(capacity: usize) -> Capture {
+        Capture {
+            buffer: Arc::new(Mutex::new(Vec::new())),
+            capacity,
+        }
+    }
+
+    /// The last non-empty line written, if any.
+    pub(crate) fn last_line(&self) -> Option<String> {
+        let buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buffer)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_owned())
+    }
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.capacity.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&buf[..buf.len().min(room)]);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncate_keeps_whole_characters() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("hello", 10), "hello");
+    }
+}

@@ -1,0 +1,429 @@
+//! Probe components: loading them once, and running one check in a fresh,
+//! bounded instance.
+//!
+//! There is one [`PluginRuntime`] per process: one wasmtime `Engine` with epoch
+//! interruption, one `Linker` with WASI preview 2 and the probehost capabilities,
+//! an epoch ticker thread, and the compiled-component cache. Each configured probe
+//! becomes a [`Plugin`]: an `InstancePre` built once, plus its grants and bounds.
+//! Each check gets a fresh `Store` with a memory limiter and a deadline that the
+//! epoch enforces even on a guest that never returns to the host.
+//!
+//! This module knows nothing of HTTP or of how results are combined; see
+//! [`crate::readiness`].
+
+mod bindings;
+mod cache;
+mod host;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+
+use self::bindings::probehost::probe::types;
+use self::bindings::{Probe, ProbePre};
+pub use self::cache::{ArtifactCache, Origin};
+pub use self::host::Grants;
+use self::host::HostState;
+
+/// How often the epoch advances: the granularity of deadlines, and how often a
+/// long-running guest yields its worker thread.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Longest not-ready message kept from a probe.
+pub const MAX_MESSAGE: usize = 4096;
+/// The WIT world every probe component implements.
+pub const WORLD: &str = "probehost:probe/probe@0.1.0";
+
+/// The probes compiled into the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Database,
+    Memcached,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 2] = [Builtin::Database, Builtin::Memcached];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Database => "database",
+            Builtin::Memcached => "memcached",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    fn wasm(self) -> &'static [u8] {
+        match self {
+            Builtin::Database => include_bytes!(env!("PROBEHOST_BUILTIN_DATABASE")),
+            Builtin::Memcached => include_bytes!(env!("PROBEHOST_BUILTIN_MEMCACHED")),
+        }
+    }
+}
+
+/// Where a probe's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// `builtin:NAME`
+    Builtin(Builtin),
+    /// A `.wasm` file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentSource::Builtin(b) => write!(f, "builtin:{}", b.name()),
+            ComponentSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    NotAComponent(&'static str),
+    #[error("not a valid WebAssembly component: {}", one_line(.0))]
+    Invalid(wasmtime::Error),
+    #[error("does not implement the probe world ({WORLD}): {}", one_line(.0))]
+    WrongWorld(wasmtime::Error),
+}
+
+/// An error chain on one line, with wasmparser's multi-line dumps folded.
+fn one_line(e: &wasmtime::Error) -> String {
+    format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Recognise files that are not components before handing them to wasmtime,
+/// whose messages for these cases are hard to read.
+fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    match wasm.get(..8) {
+        Some(header) if header.starts_with(MAGIC) => match header[4..8] {
+            // Core module: version 1, layer 0.
+            [1, 0, 0, 0] => Err(LoadError::NotAComponent(
+                "is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target \
+                 (or wrap it with `wasm-tools component new`)",
+            )),
+            _ => Ok(()),
+        },
+        _ => Err(LoadError::NotAComponent("is not a WebAssembly file")),
+    }
+}
+
+/// The process-wide wasm runtime.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<ArtifactCache>,
+    ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// Create the engine and linker. With `cache_dir`, compiled components are
+    /// cached there; a directory that is unusable or unsafe is reported and the
+    /// runtime compiles in memory instead.
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginRuntime> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+
+        let cache = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!("not caching compiled components: {e}");
+                None
+            }
+        });
+        let ticker = Arc::new(EpochTicker::start(engine.clone()));
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            cache,
+            ticker,
+        })
+    }
+
+    /// The cache in use, if any.
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_ref()
+    }
+
+    /// Load and link a component, ready to instantiate per check.
+    pub fn load(&self, source: &ComponentSource) -> Result<Loaded, LoadError> {
+        let started = Instant::now();
+        let owned;
+        let wasm: &[u8] = match source {
+            ComponentSource::Builtin(b) => b.wasm(),
+            ComponentSource::File(path) => {
+                owned = std::fs::read(path).map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                &owned
+            }
+        };
+        check_header(wasm)?;
+        let (component, origin) = match &self.cache {
+            Some(cache) => cache.load(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm).map(|c| (c, Origin::Compiled)),
+        }
+        .map_err(LoadError::Invalid)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::WrongWorld)?;
+        let pre = ProbePre::new(pre).map_err(LoadError::WrongWorld)?;
+        let elapsed = started.elapsed();
+        match origin {
+            Origin::Compiled => tracing::info!(component = %source, ?elapsed, "component compiled"),
+            Origin::Cached => {
+                tracing::debug!(component = %source, ?elapsed, "component loaded from cache");
+            }
+        }
+        Ok(Loaded {
+            pre,
+            origin,
+            ticker: self.ticker.clone(),
+        })
+    }
+}
+
+/// A component that loaded and links against the probe world.
+pub struct Loaded {
+    pre: ProbePre<HostState>,
+    origin: Origin,
+    /// Deadlines only work while the epoch advances.
+    ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// Whether the machine code was compiled now or mapped from the cache.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+}
+
+/// The HTTP request behind a check, as a probe sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// How one check of one probe ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Ready,
+    /// The probe answered not ready (its status is already clamped to 400–599).
+    NotReady {
+        message: String,
+        status: u16,
+    },
+    /// The probe ran past its deadline and was stopped.
+    TimedOut,
+    /// The probe grew its memory past its limit and was stopped.
+    MemoryExceeded {
+        limit: usize,
+    },
+    /// The probe trapped (a panic, an `unreachable`, a host fault).
+    Crashed(String),
+}
+
+/// A configured probe: its component, grants and bounds.
+pub struct Plugin {
+    name: Arc<str>,
+    pre: ProbePre<HostState>,
+    grants: Arc<Grants>,
+    timeout: Duration,
+    memory_limit: usize,
+    _ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("memory_limit", &self.memory_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub fn new(
+        name: &str,
+        loaded: Loaded,
+        grants: Grants,
+        timeout: Duration,
+        memory_limit: usize,
+    ) -> Plugin {
+        Plugin {
+            name: name.into(),
+            pre: loaded.pre,
+            grants: Arc::new(grants),
+            timeout,
+            memory_limit,
+            _ticker: loaded.ticker,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The probe's own deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Run one check in a fresh instance. It ends by `deadline` or by the probe's
+    /// own timeout, whichever comes first, even if the guest loops.
+    pub async fn check(&self, request: Option<&ProbeRequest>, deadline: Instant) -> CheckOutcome {
+        let started = Instant::now();
+        let deadline = deadline.min(started + self.timeout);
+        let allowed = deadline.saturating_duration_since(started);
+        // Host calls end this much before the deadline so the probe can still
+        // answer with its own message.
+        let reserve = (allowed / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
+        let state = HostState::new(
+            self.name.clone(),
+            self.grants.clone(),
+            deadline,
+            reserve,
+            self.memory_limit,
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield so other checks on this worker thread make progress.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let request = request.map(|r| types::Request {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            query: r.query.clone(),
+            headers: r.headers.clone(),
+        });
+        let run = async {
+            let probe = self.pre.instantiate_async(&mut store).await?;
+            probe.call_ready(&mut store, request.as_ref()).await
+        };
+        // The epoch stops a guest that computes; this stops one that is waiting on
+        // the host (whose calls are bounded too, so this is a second line).
+        let result = tokio::time::timeout_at((deadline + EPOCH_TICK * 4).into(), run).await;
+
+        let outcome = match result {
+            Err(_) => CheckOutcome::TimedOut,
+            Ok(Ok(Ok(()))) => CheckOutcome::Ready,
+            Ok(Ok(Err(not_ready))) => CheckOutcome::NotReady {
+                message: host::truncate(&not_ready.message, MAX_MESSAGE).to_owned(),
+                status: if (400..=599).contains(&not_ready.status) {
+                    not_ready.status
+                } else {
+                    503
+                },
+            },
+            Ok(Err(error)) => {
+                let state = store.data();
+                if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
+                    CheckOutcome::TimedOut
+                } else if state.memory_exceeded.is_some() {
+                    CheckOutcome::MemoryExceeded {
+                        limit: self.memory_limit,
+                    }
+                } else {
+                    // Prefer what the guest said last (the SDK logs a panic just
+                    // before it traps) over wasmtime's description of the trap.
+                    let said = state
+                        .log
+                        .last_error
+                        .clone()
+                        .or_else(|| state.stderr.last_line());
+                    let trap = match error.downcast_ref::<wasmtime::Trap>() {
+                        Some(trap) => format!("wasm trap: {trap}"),
+                        None => error.root_cause().to_string(),
+                    };
+                    CheckOutcome::Crashed(said.unwrap_or(trap))
+                }
+            }
+        };
+        let dropped = store.data().log.dropped;
+        if dropped > 0 {
+            tracing::warn!(probe = %self.name, dropped, "probe wrote too many log lines; dropped the rest");
+        }
+        outcome
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        thread::Builder::new()
+            .name("probehost-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

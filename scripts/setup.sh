@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Prepares a machine to build and test probehost. Idempotent: it installs and
+# starts only what is missing, then checks every service the tests use.
+#
+#   - the wasm32-wasip2 Rust target (the probe components are built for it)
+#   - memcached (installed with apt-get when missing) running on 127.0.0.1:11211
+#   - PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306, started with
+#     the usual Debian commands if they are installed but stopped
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "need root to run: $*"
+    fi
+}
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # name port
+    for _ in $(seq 1 60); do
+        listening "$2" && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# --- Rust target for the components -----------------------------------------
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    say "adding the wasm32-wasip2 Rust target"
+    rustup target add wasm32-wasip2
+fi
+
+# --- memcached ----------------------------------------------------------------
+if ! command -v memcached >/dev/null 2>&1; then
+    say "installing memcached"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y memcached >/dev/null \
+        || { as_root apt-get update >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y memcached >/dev/null; }
+fi
+if ! listening 11211; then
+    say "starting memcached on 127.0.0.1:11211"
+    if [ "$(id -u)" -eq 0 ]; then
+        memcached -d -u nobody -l 127.0.0.1 -p 11211 -U 0
+    else
+        memcached -d -l 127.0.0.1 -p 11211 -U 0
+    fi
+fi
+
+# --- databases ----------------------------------------------------------------
+if ! listening 5432 && [ -d /etc/postgresql ]; then
+    say "starting PostgreSQL"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if ! listening 3306 && [ -x /usr/sbin/mariadbd ]; then
+    say "starting MariaDB"
+    as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+fi
+
+# --- every service the tests use must answer ------------------------------------
+missing=()
+wait_for memcached 11211 || missing+=("memcached on 127.0.0.1:11211")
+wait_for PostgreSQL 5432 || missing+=("PostgreSQL on 127.0.0.1:5432 (trust auth, database 'test')")
+wait_for MariaDB 3306 || missing+=("MariaDB on 127.0.0.1:3306 (root without password, database 'test')")
+if [ ${#missing[@]} -gt 0 ]; then
+    die "not reachable: $(printf '%s; ' "${missing[@]}")"
+fi
+
+# The tests use the `test` database on both servers.
+if command -v psql >/dev/null 2>&1 && ! psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; then
+    say "creating PostgreSQL database test"
+    psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null
+fi
+if command -v mariadb >/dev/null 2>&1; then
+    mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null
+fi
+
+say "ready: wasm32-wasip2, memcached, PostgreSQL, MariaDB"

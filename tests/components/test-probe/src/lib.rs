@@ -1,0 +1,108 @@
+//! A probe for the integration tests. Its `action` config value picks what it does:
+//!
+//! - `ready` (default): ready;
+//! - `not-ready`: not ready with `message` and `status`;
+//! - `loop`: spins forever (the host's deadline must stop it);
+//! - `grow`: allocates until memory runs out (the host's memory cap must stop it);
+//! - `panic`: panics with `message`;
+//! - `sql`: runs `SELECT 1` on `database`, not ready with the error if it fails;
+//! - `stats`: asks `server` of `cache` for memcached stats, not ready with the error;
+//! - `echo`: not ready with a description of the request, its grants and its config;
+//! - `log-flood`: writes `count` log lines, then is ready;
+//! - `env`: ready only if it sees no environment variables;
+//! - `read-file`: ready only if reading `path` fails;
+//! - `connect`: ready only if a TCP connection to `address` fails.
+#![forbid(unsafe_code)]
+
+use probehost_sdk::{NotReady, Probe, Request, config, log, memcached, sql};
+
+struct TestProbe;
+
+fn setting(key: &str) -> String {
+    config::get(key).unwrap_or_default()
+}
+
+impl Probe for TestProbe {
+    fn ready(request: Option<&Request>) -> Result<(), NotReady> {
+        match config::get("action").as_deref().unwrap_or("ready") {
+            "ready" => Ok(()),
+            "not-ready" => {
+                let status = setting("status").parse().unwrap_or(503);
+                Err(NotReady::new(setting("message")).with_status(status))
+            }
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "panic" => panic!("{}", setting("message")),
+            "sql" => sql::query(&setting("database"), "SELECT 1", &[])
+                .map(drop)
+                .map_err(|e| NotReady::new(e.to_string())),
+            "stats" => memcached::stats(&setting("cache"), &setting("server"))
+                .map(drop)
+                .map_err(|e| NotReady::new(e.to_string())),
+            "echo" => {
+                let databases: Vec<String> = sql::databases()
+                    .into_iter()
+                    .map(|d| format!("{}={}", d.name, d.backend))
+                    .collect();
+                let caches: Vec<String> = memcached::caches()
+                    .into_iter()
+                    .map(|c| format!("{}={}", c.name, c.servers.join("+")))
+                    .collect();
+                let request = match request {
+                    Some(r) => format!(
+                        "{} {} query={:?} x-probe={:?}",
+                        r.method,
+                        r.path,
+                        r.query,
+                        r.header("X-Probe")
+                    ),
+                    None => "none".to_owned(),
+                };
+                Err(NotReady::new(format!(
+                    "request: {request}; databases: {}; caches: {}; config: {:?}",
+                    databases.join(","),
+                    caches.join(","),
+                    config::entries()
+                ))
+                .with_status(418))
+            }
+            "log-flood" => {
+                let count: u32 = setting("count").parse().unwrap_or(10_000);
+                for i in 0..count {
+                    log::info(&format!("line {i} {}", "x".repeat(100)));
+                }
+                Ok(())
+            }
+            "env" => match std::env::vars().map(|(k, _)| k).collect::<Vec<_>>() {
+                vars if vars.is_empty() => Ok(()),
+                vars => Err(NotReady::new(format!(
+                    "sees environment: {}",
+                    vars.join(",")
+                ))),
+            },
+            "read-file" => match std::fs::read(setting("path")) {
+                Ok(bytes) => Err(NotReady::new(format!("read {} bytes", bytes.len()))),
+                Err(_) => Ok(()),
+            },
+            "connect" => match std::net::TcpStream::connect(setting("address")) {
+                Ok(_) => Err(NotReady::new("connected")),
+                Err(_) => Ok(()),
+            },
+            other => Err(NotReady::new(format!(
+                "test-probe: unknown action {other:?}"
+            ))),
+        }
+    }
+}
+
+probehost_sdk::export_probe!(TestProbe);

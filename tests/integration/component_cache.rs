@@ -1,0 +1,83 @@
+//! Compiled components are cached on disk: a second start compiles nothing.
+
+use crate::harness::*;
+
+#[test]
+fn the_second_start_uses_the_compiled_component_cache() {
+    let dir = TestDir::new();
+    let cache = dir.path().join("cache");
+    let config = dir.config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\ncache_dir = {:?}\n\
+         [databases.default]\nurl = \"sqlite://{}\"\n\
+         [probes.database]\ncomponent = \"builtin:database\"\ndatabases = \"*\"\n\
+         [probes.custom]\ncomponent = {TEST_PROBE:?}\n",
+        cache.display().to_string(),
+        dir.path().join("db.sqlite3").display()
+    ));
+
+    let first = Server::start(&config);
+    assert_eq!(first.get("/readyz").body, "Ok");
+    let log = first.log();
+    assert_eq!(
+        log.matches("component compiled").count(),
+        2,
+        "first start compiles both:\n{log}"
+    );
+    first.terminate();
+
+    let second = Server::start(&config);
+    assert_eq!(second.get("/readyz").body, "Ok");
+    let log = second.log();
+    assert!(
+        !log.contains("component compiled"),
+        "second start compiled again:\n{log}"
+    );
+    assert_eq!(
+        log.matches("component loaded from cache").count(),
+        2,
+        "{log}"
+    );
+
+    let entries = std::fs::read_dir(cache.join("v1"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap())
+        .count();
+    assert_eq!(entries, 2, "one entry per component");
+}
+
+#[test]
+fn exec_probes_share_the_cache() {
+    let dir = TestDir::new();
+    let cache = dir.path().join("cache");
+    let config = dir.config(&format!(
+        "[runtime]\ncache_dir = {:?}\n[probes.custom]\ncomponent = {TEST_PROBE:?}\n",
+        cache.display().to_string()
+    ));
+    let probe = || {
+        run(probehost()
+            .env("PROBEHOST_LOG", "probehost=debug")
+            .arg("-c")
+            .arg(&config)
+            .args(["probe", "-R"]))
+    };
+    let first = probe();
+    assert_eq!((first.code, first.stdout.as_str()), (0, "Ok\n"));
+    assert!(
+        first.stderr.contains("component compiled"),
+        "{}",
+        first.stderr
+    );
+    let second = probe();
+    assert_eq!((second.code, second.stdout.as_str()), (0, "Ok\n"));
+    assert!(
+        second.stderr.contains("component loaded from cache"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        !second.stderr.contains("component compiled"),
+        "{}",
+        second.stderr
+    );
+}

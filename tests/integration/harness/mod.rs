@@ -1,0 +1,139 @@
+//! What the integration tests share: the services they need, the probehost
+//! processes they start, a small HTTP client, a fault-injecting TCP proxy and
+//! private memcached servers.
+//!
+//! Everything talks to loopback only, and every wait is bounded.
+
+#![allow(dead_code, unreachable_pub)]
+
+mod fault;
+mod http;
+mod memcached;
+mod process;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use fault::{FaultProxy, Mode};
+pub use http::{Response, get, request};
+pub use memcached::Memcached;
+pub use process::{Output, Server, probehost, run};
+
+/// The `probehost` binary under test.
+pub const PROBEHOST: &str = env!("CARGO_BIN_EXE_probehost");
+/// The configurable test probe component (see `tests/components/test-probe`).
+pub const TEST_PROBE: &str = env!("PROBEHOST_TEST_PROBE");
+/// A WASI command component that is not a probe.
+pub const NOT_A_PROBE: &str = env!("PROBEHOST_TEST_NOT_A_PROBE");
+
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// A service the tests need, and how to start it when it is not running.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    Postgres,
+    MariaDb,
+    Memcached,
+}
+
+impl Service {
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Service::Postgres => (
+                "PostgreSQL",
+                "127.0.0.1:5432",
+                "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            ),
+            Service::MariaDb => (
+                "MariaDB",
+                "127.0.0.1:3306",
+                "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+            ),
+            Service::Memcached => (
+                "memcached",
+                "127.0.0.1:11211",
+                "./setup.sh (or: memcached -d -u nobody -l 127.0.0.1 -p 11211)",
+            ),
+        }
+    }
+
+    pub fn address(self) -> SocketAddr {
+        self.describe().1.parse().expect("valid service address")
+    }
+}
+
+/// Fail the test, naming the service, if it is not reachable. Tests never skip.
+pub fn require(service: Service) {
+    let (name, address, start) = service.describe();
+    let reachable =
+        TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    assert!(
+        reachable,
+        "{name} is not reachable at {address}; this test needs it. Start it with: {start}"
+    );
+}
+
+/// The test database on PostgreSQL at `address` (the server itself or a proxy).
+pub fn postgres_url(address: SocketAddr) -> String {
+    format!("postgres://postgres@{address}/test")
+}
+
+/// A loopback port nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A temporary directory with a config file, removed when dropped.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `probehost.toml` with `text` and return its path.
+    pub fn config(&self, text: &str) -> PathBuf {
+        let path = self.dir.path().join("probehost.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// The compiled-component cache shared by the tests (so each component is
+/// compiled once per run, not once per test).
+pub fn shared_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache")
+}
+
+/// TOML for a server on a free loopback port with the shared component cache.
+pub fn server_section() -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[runtime]\ncache_dir = {:?}\n\n",
+        shared_cache_dir().display().to_string()
+    )
+}
+
+/// Wait until `check` holds, polling every 20 ms, for at most `limit`.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,158 @@
+//! probehost processes: one-shot commands and `serve` in the background.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use super::{PROBEHOST, Response, get};
+
+/// A `probehost` command with a clean environment: no config, log or database
+/// variables leak in from the machine running the tests.
+pub fn probehost() -> Command {
+    let mut command = Command::new(PROBEHOST);
+    for var in [
+        "PROBEHOST_CONFIG",
+        "PROBEHOST_LOG",
+        "PROBEHOST_LOG_FORMAT",
+        "DATABASE_URL",
+        "PROBEHOST_CACHE_DIR",
+    ] {
+        command.env_remove(var);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// How a one-shot command ended.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Run `probehost ARGS` to completion (at most 60 s).
+pub fn run(command: &mut Command) -> Output {
+    let started = Instant::now();
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting probehost");
+    let (done, finished) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    let output = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("probehost did not finish within 60 s")
+        .expect("waiting for probehost");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// `probehost serve` in the background. Killed when dropped.
+pub struct Server {
+    child: Child,
+    pub address: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start `probehost --config CONFIG serve` and wait until it listens.
+    pub fn start(config: &Path) -> Server {
+        Server::start_with(probehost().arg("--config").arg(config).arg("serve"))
+    }
+
+    /// Start a prepared `serve` command and wait until it listens.
+    pub fn start_with(command: &mut Command) -> Server {
+        let mut child = command
+            .env("PROBEHOST_LOG", "info,probehost=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting probehost serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, listening) = mpsc::channel();
+        let collected = log.clone();
+        thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening address=") {
+                    let address = line[at + "listening address=".len()..]
+                        .split_whitespace()
+                        .next()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    if let (Some(tx), Some(address)) = (found.take(), address) {
+                        let _ = tx.send(address);
+                    }
+                }
+                let mut log = collected.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let address = match listening.recv_timeout(Duration::from_secs(60)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "probehost serve did not start listening ({status:?}); its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Server {
+            child,
+            address,
+            log,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(self.address, path)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait (at most 15 s) for it to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::TERM).unwrap();
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "probehost did not exit after SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

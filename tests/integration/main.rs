@@ -1,0 +1,14 @@
+//! Integration tests: the `probehost` binary against real PostgreSQL, MariaDB,
+//! SQLite and memcached, with faults injected by the harness. Each module is one
+//! area of behaviour; test names state the behaviour.
+//!
+//! A test that needs a service fails, naming it, when the service is not
+//! reachable: `./setup.sh` starts what is missing.
+
+mod harness;
+
+mod component_cache;
+mod config_errors;
+mod probe_cli;
+mod sandbox;
+mod serve;
