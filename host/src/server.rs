@@ -6,7 +6,6 @@
 //! equals a configured path exactly; health paths answer `Ok` without touching
 //! anything, ready paths ask the [`Evaluator`]. This module knows nothing of wasm.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,26 +43,26 @@ pub enum Route {
     NotFound,
 }
 
-/// The probe paths.
+/// The probe paths. There are a handful, so a scan beats hashing the path.
 #[derive(Debug, Clone)]
 pub struct Routes {
-    ready: HashSet<String>,
-    health: HashSet<String>,
+    ready: Vec<String>,
+    health: Vec<String>,
 }
 
 impl Routes {
     pub fn new(config: &ServerConfig) -> Routes {
         Routes {
-            ready: config.ready_paths.iter().cloned().collect(),
-            health: config.health_paths.iter().cloned().collect(),
+            ready: config.ready_paths.clone(),
+            health: config.health_paths.clone(),
         }
     }
 
     /// Route a request. A path in both lists is a health path.
     pub fn route(&self, method: &Method, path: &str) -> Route {
-        let probe = if self.health.contains(path) {
+        let probe = if self.health.iter().any(|p| p == path) {
             Route::Health
-        } else if self.ready.contains(path) {
+        } else if self.ready.iter().any(|p| p == path) {
             Route::Ready
         } else {
             return Route::NotFound;
