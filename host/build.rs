@@ -133,7 +133,7 @@ fn check_target_installed() {
     {
         panic!(
             "the {TARGET} Rust target is not installed; run `rustup target add {TARGET}` \
-             (./setup.sh does this)"
+             (scripts/setup.sh does this)"
         );
     }
 }

@@ -66,9 +66,10 @@
 //! # What a probe can and cannot do
 //!
 //! Each check runs in a fresh instance: nothing survives from one check to the next.
-//! The probe has no files, no environment variables and no network unless the config
-//! grants them, a deadline (`timeout`) after which it is stopped, and a memory cap
-//! (`memory`). A probe that panics, loops or runs out of memory is reported not ready
+//! The probe has no files, no environment variables and no network: it reaches
+//! databases and caches only through [`sql`] and [`memcached`], and only those its
+//! `[probes.NAME]` table grants. It has a deadline (`timeout`) after which it is
+//! stopped, and a memory cap (`memory`). A probe that panics, loops or runs out of memory is reported not ready
 //! with the reason; the host keeps serving.
 
 #![deny(missing_docs)]
@@ -436,7 +437,8 @@ pub mod __private {
     pub fn call<P: Probe>(request: Option<WitRequest>) -> Result<(), WitNotReady> {
         PANIC_HOOK.call_once(|| {
             std::panic::set_hook(Box::new(|info| {
-                // One line: "panicked at src/lib.rs:3:5: message".
+                // One line: "panicked at src/lib.rs:3:5: message". The host takes
+                // an error line with this prefix as the reason of the trap.
                 crate::log::error(&info.to_string().replace('\n', " "));
             }));
         });

@@ -427,7 +427,10 @@ async fn instantiate_and_call() -> (Duration, Duration) {
         let p = plugin.clone();
         let started = Instant::now();
         let outcome = guests
-            .spawn(async move { p.check(None, Instant::now() + Duration::from_secs(1)).await })
+            .spawn(async move {
+                let now = Instant::now();
+                p.check(None, now, now + Duration::from_secs(1)).await
+            })
             .await
             .unwrap();
         let took = started.elapsed();

@@ -62,6 +62,24 @@ pub fn load_components(
     }
 }
 
+/// Everything `config check` validates beyond parsing: the start-up rules and
+/// that every component loads and implements the probe world.
+pub fn check_config(config: &Config) -> Result<(), StartupError> {
+    let runtime = PluginRuntime::new(config.runtime.cache_dir.as_deref())?;
+    let mut problems = match config.check_serve() {
+        Ok(()) => Vec::new(),
+        Err(e) => e.problems,
+    };
+    if let Err(e) = load_components(config, &runtime) {
+        problems.extend(e.problems);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems }.into())
+    }
+}
+
 /// Build the evaluator for `config`. Pools and clients are created on `guests`
 /// (the runtime that will use them) without connecting.
 pub fn build_evaluator(config: &Config, guests: &Handle) -> Result<Evaluator, StartupError> {

@@ -6,8 +6,9 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success; for `probe`, live/healthy/ready |
-//! | 1 | not ready, a job failed, a probe-mode usage error (as in the original), or a runtime failure such as a port already in use |
-//! | 2 | bad command line (with usage) or bad configuration |
+//! | 1 | not ready, a job failed, a probe-mode or job validation error (as in the original), or a runtime failure such as a port already in use |
+//! | 2 | bad command line (with usage), bad configuration, or an unknown database alias |
+//! | other | `lockedmigrate`: the command's own exit code (128 + N if a signal N ended it; 127 if it cannot be started) |
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,7 +22,10 @@ use tokio::net::TcpListener;
 
 use crate::app::{self, StartupError};
 use crate::config::{self, Config, ConfigError, ProcessEnv};
-use crate::plugin::PluginRuntime;
+use crate::jobs::lock::MigrationLock;
+use crate::jobs::lockedmigrate::{self, Ended};
+use crate::jobs::wait4db::Wait4db;
+use crate::jobs::{self, ensureadmin, password};
 use crate::readiness::Verdict;
 
 /// Exit codes.
@@ -73,6 +77,200 @@ pub enum Command {
     /// Work with the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Waits for the database to be ready before exiting.
+    Wait4db(Wait4dbArgs),
+    /// Ensures that a Django superuser exists with credentials from environment
+    /// variables.
+    Ensureadmin(EnsureAdminArgs),
+    /// Run Django migrations (or any command after `--`) holding a database lock;
+    /// safe across multiple processes.
+    Lockedmigrate(LockedMigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct Wait4dbArgs {
+    /// number of seconds to wait for database until timeout
+    #[arg(
+        short,
+        long,
+        value_name = "SEC",
+        default_value_t = 180.0,
+        allow_negative_numbers = true
+    )]
+    pub timeout: f64,
+    /// stability timeout to wait for continuous database connection
+    #[arg(
+        short,
+        long,
+        value_name = "SEC",
+        default_value_t = 5.0,
+        allow_negative_numbers = true
+    )]
+    pub stable: f64,
+    /// number of seconds to wait between database checks
+    #[arg(
+        short,
+        long,
+        value_name = "SEC",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub interval: f64,
+    /// which database to wait for
+    #[arg(short, long, value_name = "DATABASE", default_value = config::DEFAULT_DATABASE)]
+    pub database: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EnsureAdminArgs {
+    /// The username for the Django admin, $DJANGO_ADMIN_USERNAME
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password for the Django admin, $DJANGO_ADMIN_PASSWORD (prefer the
+    /// variable: a flag is visible in process listings)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// The email for the Django admin, $DJANGO_ADMIN_EMAIL
+    #[arg(short, long)]
+    pub email: Option<String>,
+    /// Specifies the database to use.
+    #[arg(short, long, value_name = "DATABASE", default_value = config::DEFAULT_DATABASE)]
+    pub database: String,
+}
+
+/// Migrate's flags are passed through to `manage.py migrate`; a command after
+/// `--` runs instead of it, as it is.
+#[derive(Debug, Args)]
+pub struct LockedMigrateArgs {
+    /// The lock ID to use for migrations [default: jobs.lockedmigrate.lock_id, 1000]
+    #[arg(
+        short = 'L',
+        long = "lock-id",
+        value_name = "LOCK_ID",
+        allow_negative_numbers = true
+    )]
+    pub lock_id: Option<i64>,
+    /// Give up (exit 1) if the lock is not acquired within this many seconds
+    #[arg(long, value_name = "SEC", value_parser = positive_seconds)]
+    pub lock_timeout: Option<Duration>,
+    /// Tells Django to NOT prompt the user for input of any kind.
+    #[arg(long = "noinput", visible_alias = "no-input")]
+    pub noinput: bool,
+    /// Nominates a database to synchronize (and to lock). Defaults to "default".
+    #[arg(long, value_name = "DATABASE")]
+    pub database: Option<String>,
+    /// Mark migrations as run without actually running them.
+    #[arg(long)]
+    pub fake: bool,
+    /// Detect if tables already exist and fake-apply initial migrations if so.
+    #[arg(long)]
+    pub fake_initial: bool,
+    /// Shows a list of the migration actions that will be performed.
+    #[arg(long)]
+    pub plan: bool,
+    /// Creates tables for apps without migrations.
+    #[arg(long)]
+    pub run_syncdb: bool,
+    /// Exits with a non-zero status if unapplied migrations exist and does not
+    /// actually apply migrations.
+    #[arg(long)]
+    pub check: bool,
+    /// Delete nonexistent migrations from the django_migrations table.
+    #[arg(long)]
+    pub prune: bool,
+    /// Verbosity level; 0=minimal output, 1=normal output, 2=verbose output,
+    /// 3=very verbose output
+    #[arg(short, long, value_name = "{0,1,2,3}", value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub verbosity: Option<u8>,
+    /// The Python path to a settings module, e.g. "myproject.settings.main".
+    #[arg(long, value_name = "SETTINGS")]
+    pub settings: Option<String>,
+    /// A directory to add to the Python path.
+    #[arg(long, value_name = "PYTHONPATH")]
+    pub pythonpath: Option<String>,
+    /// Display a full stack trace on CommandError exceptions.
+    #[arg(long)]
+    pub traceback: bool,
+    /// Don't colorize the command output.
+    #[arg(long)]
+    pub no_color: bool,
+    /// Force colorization of the command output.
+    #[arg(long)]
+    pub force_color: bool,
+    /// Skip system checks.
+    #[arg(long)]
+    pub skip_checks: bool,
+    /// App label of an application to synchronize the state.
+    pub app_label: Option<String>,
+    /// Database state will be brought to the state after that migration. Use the
+    /// name "zero" to unapply all migrations.
+    pub migration_name: Option<String>,
+    /// A command to run instead of `manage.py migrate` (alembic, rails, flyway, a
+    /// script), after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl LockedMigrateArgs {
+    /// Migrate's arguments as given, in the order `manage.py migrate` documents.
+    fn migrate_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut flag = |on: bool, name: &str| {
+            if on {
+                args.push(name.to_owned());
+            }
+        };
+        flag(self.noinput, "--noinput");
+        flag(self.fake, "--fake");
+        flag(self.fake_initial, "--fake-initial");
+        flag(self.plan, "--plan");
+        flag(self.run_syncdb, "--run-syncdb");
+        flag(self.check, "--check");
+        flag(self.prune, "--prune");
+        flag(self.traceback, "--traceback");
+        flag(self.no_color, "--no-color");
+        flag(self.force_color, "--force-color");
+        flag(self.skip_checks, "--skip-checks");
+        let valued = [
+            ("--database", self.database.clone()),
+            ("--verbosity", self.verbosity.map(|v| v.to_string())),
+            ("--settings", self.settings.clone()),
+            ("--pythonpath", self.pythonpath.clone()),
+        ];
+        for (name, value) in valued {
+            if let Some(value) = value {
+                args.push(name.to_owned());
+                args.push(value);
+            }
+        }
+        args.extend(self.app_label.iter().cloned());
+        args.extend(self.migration_name.iter().cloned());
+        args
+    }
+
+    /// The command to run: after `--` as given, else `default` with migrate's
+    /// arguments appended. Both at once is a usage error.
+    pub fn command(&self, default: &[String]) -> Result<Vec<String>, &'static str> {
+        let migrate = self.migrate_args();
+        if self.command.is_empty() {
+            return Ok(default.iter().cloned().chain(migrate).collect());
+        }
+        // `--database` also chooses what to lock, so it may go with a command.
+        let only_database = migrate.len() == 2 && self.database.is_some();
+        if migrate.is_empty() || only_database {
+            Ok(self.command.clone())
+        } else {
+            Err("migrate's options and arguments cannot be combined with a command after `--`")
+        }
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 
 #[derive(Debug, Args)]
@@ -140,7 +338,10 @@ pub fn run(cli: Cli) -> u8 {
         // An exec probe's output is its answer; keep the probes' own log lines
         // out of it unless asked for.
         Command::Probe(_) => "warn,probehost::guest=off",
-        Command::Config(_) => "warn",
+        Command::Config(_)
+        | Command::Wait4db(_)
+        | Command::Ensureadmin(_)
+        | Command::Lockedmigrate(_) => "warn",
     };
     init_logging(cli.log_format, cli.log.as_deref().unwrap_or(default_filter));
 
@@ -148,6 +349,9 @@ pub fn run(cli: Cli) -> u8 {
         Command::Probe(args) => return probe(&cli, args),
         Command::Serve(args) => serve(&cli, args),
         Command::Config(ConfigCommand::Check) => config_check(&cli),
+        Command::Wait4db(args) => wait4db(&cli, args),
+        Command::Ensureadmin(args) => ensureadmin(&cli, args),
+        Command::Lockedmigrate(args) => lockedmigrate(&cli, args),
     };
     match result {
         Ok(code) => code,
@@ -260,17 +464,7 @@ fn ready_once(cli: &Cli) -> Result<Verdict, StartupError> {
 
 fn config_check(cli: &Cli) -> Result<u8, StartupError> {
     let config = load_config(cli)?;
-    let runtime = PluginRuntime::new(config.runtime.cache_dir.as_deref())?;
-    let mut problems = match config.check_serve() {
-        Ok(()) => Vec::new(),
-        Err(e) => e.problems,
-    };
-    if let Err(e) = app::load_components(&config, &runtime) {
-        problems.extend(e.problems);
-    }
-    if !problems.is_empty() {
-        return Err(ConfigError { problems }.into());
-    }
+    app::check_config(&config)?;
     let mut stdout = std::io::stdout().lock();
     let source = match &config.source {
         Some(path) => format!("{}", path.display()),
@@ -282,6 +476,180 @@ fn config_check(cli: &Cli) -> Result<u8, StartupError> {
         config.render()
     );
     Ok(exit::OK)
+}
+
+/// A runtime for a job: single-threaded, on the main thread (which
+/// `lockedmigrate`'s parent-death signal relies on).
+fn job_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the job runtime")
+}
+
+fn wait4db(cli: &Cli, args: &Wait4dbArgs) -> Result<u8, StartupError> {
+    let settings = match Wait4db::new(args.timeout, args.stable, args.interval) {
+        Ok(settings) => settings,
+        Err(message) => {
+            error(message);
+            return Ok(exit::FAILURE);
+        }
+    };
+    let config = load_config(cli)?;
+    let db = jobs::database(&config, &args.database)?;
+    let ready = job_runtime()?.block_on(jobs::wait4db::wait4db(
+        db,
+        settings,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ));
+    if ready {
+        Ok(exit::OK)
+    } else {
+        error("Could not establish database connection");
+        Ok(exit::FAILURE)
+    }
+}
+
+/// A flag, else the environment variable; empty counts as missing, as in the
+/// original.
+fn flag_or_env(flag: &Option<String>, var: &str) -> Option<String> {
+    flag.clone()
+        .or_else(|| std::env::var(var).ok())
+        .filter(|v| !v.is_empty())
+}
+
+fn ensureadmin(cli: &Cli, args: &EnsureAdminArgs) -> Result<u8, StartupError> {
+    let config = load_config(cli)?;
+    let db = jobs::database(&config, &args.database)?;
+    let Some(username) = flag_or_env(&args.username, "DJANGO_ADMIN_USERNAME") else {
+        error("Username is required. Set DJANGO_ADMIN_USERNAME or use --username.");
+        return Ok(exit::FAILURE);
+    };
+    let Some(password) = flag_or_env(&args.password, "DJANGO_ADMIN_PASSWORD") else {
+        error("Password is required. Set DJANGO_ADMIN_PASSWORD or use --password.");
+        return Ok(exit::FAILURE);
+    };
+    let email = ensureadmin::normalize_email(
+        &flag_or_env(&args.email, "DJANGO_ADMIN_EMAIL").unwrap_or_default(),
+    );
+    let username = match ensureadmin::normalize_username(&username) {
+        Ok(username) => username,
+        Err(message) => {
+            error(&message);
+            return Ok(exit::FAILURE);
+        }
+    };
+    let settings = &config.jobs.ensureadmin;
+
+    let outcome: Result<Option<bool>, String> = job_runtime()?.block_on(async {
+        let mut conn = db
+            .options
+            .connect(db.connect_timeout)
+            .await
+            .map_err(|e| format!("Could not connect to database {:?}: {e}", db.name))?;
+        let run = async {
+            // An existing user is left alone whatever the password: no need to
+            // validate or hash it.
+            if ensureadmin::exists(&mut conn, &username).await? {
+                return Ok(None);
+            }
+            if let Err(messages) = password::validate(&password, &settings.validators) {
+                return Ok(Some(Err(messages)));
+            }
+            let iterations = settings.iterations;
+            let hash =
+                tokio::task::spawn_blocking(move || password::make_password(&password, iterations))
+                    .await
+                    .expect("hashing does not panic");
+            let admin = ensureadmin::Admin {
+                username: username.clone(),
+                password: hash,
+                email,
+            };
+            ensureadmin::ensure_admin(&mut conn, &admin)
+                .await
+                .map(|created| Some(Ok(created)))
+        };
+        let result = run.await;
+        conn.close().await;
+        match result {
+            Ok(None) => Ok(Some(false)),
+            Ok(Some(Ok(created))) => Ok(Some(created)),
+            Ok(Some(Err(messages))) => {
+                Err(format!("Password validation error: {}", messages.join(" ")))
+            }
+            Err(ensureadmin::EnsureError::NoTable) => Err(format!(
+                "The auth_user table does not exist in database {:?}: run migrations first.",
+                db.name
+            )),
+            Err(e) => Err(format!("Could not create the admin user: {e}")),
+        }
+    });
+    let mut stdout = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(true)) => {
+            let _ = writeln!(stdout, "Admin user created from environment variables.");
+            Ok(exit::OK)
+        }
+        Ok(_) => {
+            let _ = writeln!(stdout, "Admin user already exists, service is ready.");
+            Ok(exit::OK)
+        }
+        Err(message) => {
+            error(&message);
+            Ok(exit::FAILURE)
+        }
+    }
+}
+
+fn lockedmigrate(cli: &Cli, args: &LockedMigrateArgs) -> Result<u8, StartupError> {
+    let config = load_config(cli)?;
+    let command = match args.command(&config.jobs.migrate_command) {
+        Ok(command) => command,
+        Err(message) => {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
+    };
+    let alias = args.database.as_deref().unwrap_or(config::DEFAULT_DATABASE);
+    let db = jobs::database(&config, alias)?;
+    let id = args.lock_id.unwrap_or(config.jobs.lock_id);
+
+    let ended = job_runtime()?.block_on(async {
+        let mut waiting = |waited: Duration, holder: &str| {
+            error(&format!(
+                "Waiting for migration lock {id} on database {alias:?}: {holder} ({}s)",
+                waited.as_secs()
+            ));
+        };
+        let lock = match MigrationLock::acquire(db, id, args.lock_timeout, &mut waiting).await {
+            Ok(lock) => lock,
+            Err(e) => return Err(e.to_string()),
+        };
+        tracing::info!(id, database = alias, "holding the migration lock");
+        Ok(lockedmigrate::run_locked(lock, &command).await)
+    });
+    match ended {
+        Ok(Ended::Exited(code)) => Ok(code),
+        Ok(Ended::LockLost(reason)) => {
+            error(&format!(
+                "Lost the connection holding migration lock {id} ({reason}); stopped the command, \
+                 as another process may now hold the lock"
+            ));
+            Ok(exit::FAILURE)
+        }
+        Ok(Ended::CannotRun(message)) => {
+            error(&message);
+            Ok(lockedmigrate::EXIT_CANNOT_RUN)
+        }
+        Err(message) => {
+            error(&format!("{}{}", message[..1].to_uppercase(), &message[1..]));
+            Ok(exit::FAILURE)
+        }
+    }
 }
 
 fn report(e: &ConfigError) {

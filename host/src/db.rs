@@ -7,10 +7,10 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Column, Row, ValueRef};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
+use sqlx::{Column, ConnectOptions as _, Connection as _, Row, ValueRef};
 
 /// How long an unused pooled connection is kept before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,6 +83,85 @@ impl ConnectOptions {
             ConnectOptions::Sqlite(_) => Backend::Sqlite,
         }
     }
+
+    /// Open one connection of its own (not pooled), within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> Result<Connection, DbError> {
+        let connect = async {
+            Ok(match self {
+                ConnectOptions::Postgres(o) => Connection::Postgres(o.connect().await?),
+                ConnectOptions::Mysql(o) => Connection::Mysql(o.connect().await?),
+                ConnectOptions::Sqlite(o) => Connection::Sqlite(o.connect().await?),
+            })
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(result) => result.map_err(DbError::from_sqlx),
+            Err(_) => Err(DbError::Timeout(timeout)),
+        }
+    }
+
+    /// The SQLite database file, if this is a file-backed SQLite database.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        match self {
+            ConnectOptions::Sqlite(o) => {
+                let path = o.get_filename();
+                (!path.as_os_str().is_empty() && path != std::path::Path::new(":memory:"))
+                    .then_some(path)
+            }
+            _ => None,
+        }
+    }
+
+    /// The database (schema) name for PostgreSQL and MySQL.
+    pub fn database_name(&self) -> Option<&str> {
+        match self {
+            ConnectOptions::Postgres(o) => o.get_database(),
+            ConnectOptions::Mysql(o) => o.get_database(),
+            ConnectOptions::Sqlite(_) => None,
+        }
+    }
+}
+
+/// A connection of its own, for the jobs (which need session state such as
+/// advisory locks, so a pool would not do).
+#[derive(Debug)]
+pub enum Connection {
+    Postgres(PgConnection),
+    Mysql(MySqlConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl Connection {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Connection::Postgres(_) => Backend::Postgres,
+            Connection::Mysql(_) => Backend::Mysql,
+            Connection::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// `SELECT 1`, within `timeout`.
+    pub async fn select_one(&mut self, timeout: Duration) -> Result<(), DbError> {
+        let query = async {
+            match self {
+                Connection::Postgres(c) => sqlx::query("SELECT 1").execute(c).await.map(drop),
+                Connection::Mysql(c) => sqlx::query("SELECT 1").execute(c).await.map(drop),
+                Connection::Sqlite(c) => sqlx::query("SELECT 1").execute(c).await.map(drop),
+            }
+        };
+        match tokio::time::timeout(timeout, query).await {
+            Ok(result) => result.map_err(DbError::from_sqlx),
+            Err(_) => Err(DbError::Timeout(timeout)),
+        }
+    }
+
+    /// Close the connection politely (errors are irrelevant at that point).
+    pub async fn close(self) {
+        let _ = match self {
+            Connection::Postgres(c) => c.close().await,
+            Connection::Mysql(c) => c.close().await,
+            Connection::Sqlite(c) => c.close().await,
+        };
+    }
 }
 
 /// A parameter or column value.
@@ -115,7 +194,7 @@ pub enum DbError {
 }
 
 impl DbError {
-    fn from_sqlx(e: sqlx::Error) -> DbError {
+    pub(crate) fn from_sqlx(e: sqlx::Error) -> DbError {
         match e {
             sqlx::Error::Database(db) => DbError::Query(db.to_string()),
             sqlx::Error::ColumnDecode { .. }
@@ -197,16 +276,11 @@ impl Database {
         budget: Duration,
     ) -> Result<Rows, DbError> {
         let limit = budget.min(self.connect_timeout + self.query_timeout);
-        let run = async {
-            match &self.pool {
-                Pool::Postgres(p) => fetch_rows!(p, statement, params),
-                Pool::Mysql(p) => fetch_rows!(p, statement, params),
-                Pool::Sqlite(p) => fetch_rows!(p, statement, params),
-            }
-        };
-        match tokio::time::timeout(limit, run).await {
-            Ok(result) => result,
-            Err(_) => Err(DbError::Timeout(limit)),
+        let deadline = tokio::time::Instant::now() + limit;
+        match &self.pool {
+            Pool::Postgres(p) => bounded_query!(p, statement, params, deadline, limit),
+            Pool::Mysql(p) => bounded_query!(p, statement, params, deadline, limit),
+            Pool::Sqlite(p) => bounded_query!(p, statement, params, deadline, limit),
         }
     }
 
@@ -220,9 +294,37 @@ impl Database {
     }
 }
 
+/// Take a pooled connection and run the query on it, both by `deadline`. A
+/// connection whose query timed out is in an unknown state: it is detached and
+/// dropped (closing its socket) rather than returned to the pool, where sqlx
+/// would check it with a ping that has no timeout and could hold a pool slot
+/// for as long as the server stays silent.
+macro_rules! bounded_query {
+    ($pool:expr, $statement:expr, $params:expr, $deadline:expr, $limit:expr) => {{
+        match tokio::time::timeout_at($deadline, $pool.acquire()).await {
+            Err(_) => Err(DbError::Timeout($limit)),
+            Ok(Err(e)) => Err(DbError::from_sqlx(e)),
+            Ok(Ok(mut conn)) => {
+                match tokio::time::timeout_at($deadline, async {
+                    fetch_rows!(&mut *conn, $statement, $params)
+                })
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(_) => {
+                        drop(conn.detach());
+                        Err(DbError::Timeout($limit))
+                    }
+                }
+            }
+        }
+    }};
+}
+use bounded_query;
+
 /// Bind parameters, fetch every row and decode each column into a [`Value`].
 macro_rules! fetch_rows {
-    ($pool:expr, $statement:expr, $params:expr) => {{
+    ($executor:expr, $statement:expr, $params:expr) => {{
         let mut query = sqlx::query($statement);
         for param in $params {
             query = match param {
@@ -234,7 +336,10 @@ macro_rules! fetch_rows {
                 Value::Blob(b) => query.bind(b.clone()),
             };
         }
-        let fetched = query.fetch_all($pool).await.map_err(DbError::from_sqlx)?;
+        let fetched = query
+            .fetch_all($executor)
+            .await
+            .map_err(DbError::from_sqlx)?;
         let mut rows = Rows::default();
         if let Some(first) = fetched.first() {
             rows.columns = first

@@ -2,13 +2,14 @@
 //! deployment jobs for Django and other applications, with readiness probes that
 //! run as sandboxed WebAssembly components.
 //!
-//! Dependencies point one way: `main → cli → app → {server, readiness, plugin}
-//! → {config, db, memcached}`. [`app`] is the only module that wires them.
+//! Dependencies point one way: `main → cli → app → {server, readiness, plugin,
+//! jobs} → {config, db, memcached}`. [`app`] is the only module that wires them.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod jobs;
 pub mod memcached;
 pub mod plugin;
 pub mod readiness;

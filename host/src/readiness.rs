@@ -61,7 +61,8 @@ impl Evaluator {
 
     /// Check readiness, within the overall deadline.
     pub async fn evaluate(&self, request: Option<ProbeRequest>) -> Verdict {
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let request = request.map(Arc::new);
         let mut running: FuturesUnordered<_> = self
             .probes
@@ -70,10 +71,9 @@ impl Evaluator {
             .map(|(index, plugin)| {
                 let plugin = plugin.clone();
                 let request = request.clone();
-                let task = AbortOnDrop(
-                    self.guests
-                        .spawn(async move { plugin.check(request.as_deref(), deadline).await }),
-                );
+                let task = AbortOnDrop(self.guests.spawn(async move {
+                    plugin.check(request.as_deref(), started, deadline).await
+                }));
                 async move { (index, task.join().await) }
             })
             .collect();

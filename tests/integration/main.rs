@@ -3,7 +3,7 @@
 //! area of behaviour; test names state the behaviour.
 //!
 //! A test that needs a service fails, naming it, when the service is not
-//! reachable: `./setup.sh` starts what is missing.
+//! reachable: `scripts/setup.sh` starts what is missing.
 
 mod harness;
 

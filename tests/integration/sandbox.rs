@@ -40,6 +40,12 @@ fn a_probe_that_loops_forever_times_out() {
 }
 
 #[test]
+fn looping_probes_do_not_delay_liveness() {
+    let (_dir, server) = server_with("timeout = \"600ms\"\nconfig = { action = \"loop\" }", "");
+    assert_not_ready_in_time_while_live(&server, 4, 600, "subject: timed out after 600ms");
+}
+
+#[test]
 fn a_probe_that_grows_past_its_memory_cap_is_stopped() {
     let (_dir, server) = server_with("memory = \"16MiB\"\nconfig = { action = \"grow\" }", "");
     assert_contained(&server, "subject: exceeded its memory limit of 16 MiB");
@@ -98,19 +104,29 @@ fn a_probe_without_a_grant_cannot_reach_a_cache() {
 #[test]
 fn a_probe_sees_no_environment_files_or_network() {
     require(Service::Postgres);
-    for settings in [
-        "config = { action = \"env\" }".to_owned(),
-        "config = { action = \"read-file\", path = \"/etc/passwd\" }".to_owned(),
-        format!(
-            "config = {{ action = \"connect\", address = \"{}\" }}",
-            Service::Postgres.address()
+    let cases = [
+        (
+            "config = { action = \"env\" }".to_owned(),
+            "environment: []",
         ),
-    ] {
+        (
+            "config = { action = \"read-file\", path = \"/etc/passwd\" }".to_owned(),
+            "read failed: NotFound",
+        ),
+        (
+            format!(
+                "config = {{ action = \"connect\", address = \"{}\" }}",
+                Service::Postgres.address()
+            ),
+            "connect failed: PermissionDenied",
+        ),
+    ];
+    for (settings, expected) in cases {
         let (_dir, server) = server_with(&settings, "");
         let response = server.get("/readyz");
         assert_eq!(
             (response.status, response.body.as_str()),
-            (200, "Ok"),
+            (503, expected),
             "{settings}"
         );
     }

@@ -1,7 +1,6 @@
 //! `probehost serve`: the HTTP contract against real services.
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -124,6 +123,32 @@ fn readyz_recovers_without_restart_when_the_database_comes_back() {
 }
 
 #[test]
+fn readyz_recovers_when_a_frozen_database_thaws() {
+    require(Service::Postgres);
+    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Pass);
+    let dir = TestDir::new();
+    let config = with_database(&dir, &postgres_url(postgres.address()), "500ms");
+    let server = Server::start(&config);
+    // Ready first, so the pool holds connections that the freeze then strands.
+    assert_eq!(server.get("/readyz").status, 200);
+    postgres.set_mode(Mode::Freeze);
+    for _ in 0..3 {
+        let response = server.get("/readyz");
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (503, "db: could not connect to database")
+        );
+    }
+    postgres.set_mode(Mode::Pass);
+    assert!(
+        eventually(Duration::from_secs(5), || server.get("/readyz").status
+            == 200),
+        "readiness did not recover after the freeze; log:\n{}",
+        server.log()
+    );
+}
+
+#[test]
 fn readyz_is_503_when_one_of_two_memcached_servers_is_down_and_recovers() {
     require(Service::Memcached);
     let mut second = Memcached::start();
@@ -143,6 +168,11 @@ fn readyz_is_503_when_one_of_two_memcached_servers_is_down_and_recovers() {
         (response.status, response.body.as_str()),
         (503, "cache: could not connect to cache")
     );
+    assert!(
+        response.elapsed < Duration::from_millis(400),
+        "a refused server is reported at once, not at the 800ms deadline: {:?}",
+        response.elapsed
+    );
 
     second.restart();
     assert!(
@@ -150,35 +180,6 @@ fn readyz_is_503_when_one_of_two_memcached_servers_is_down_and_recovers() {
             == 200),
         "readiness did not recover; log:\n{}",
         server.log()
-    );
-}
-
-/// Run a readiness check in the background, calling `/livez` while it runs: the
-/// check must fail with `body` within `timeout_ms` plus a margin for a shared
-/// machine, and every `/livez` must answer at once.
-fn assert_not_ready_in_time_while_live(server: &Server, timeout_ms: u64, body: &str) {
-    let address = server.address;
-    let ready = thread::spawn(move || get(address, "/readyz"));
-    let mut livez = Vec::new();
-    thread::sleep(Duration::from_millis(50));
-    while !ready.is_finished() && livez.len() < 50 {
-        let response = server.get("/livez");
-        assert_eq!((response.status, response.body.as_str()), (200, "Ok"));
-        livez.push(response.elapsed);
-        thread::sleep(Duration::from_millis(20));
-    }
-    let ready = ready.join().unwrap();
-    assert_eq!((ready.status, ready.body.as_str()), (503, body));
-    let limit = Duration::from_millis(timeout_ms + 400);
-    assert!(ready.elapsed < limit, "readyz took {:?}", ready.elapsed);
-    assert!(
-        !livez.is_empty(),
-        "no /livez request ran during the readiness check"
-    );
-    let slowest = livez.iter().max().unwrap();
-    assert!(
-        *slowest < Duration::from_millis(200),
-        "a /livez answer took {slowest:?} during readiness"
     );
 }
 
@@ -190,7 +191,7 @@ fn readyz_is_503_within_deadline_when_database_frozen_while_livez_answers_at_onc
     let config = with_database(&dir, &postgres_url(postgres.address()), "600ms");
     let server = Server::start(&config);
 
-    assert_not_ready_in_time_while_live(&server, 600, "db: could not connect to database");
+    assert_not_ready_in_time_while_live(&server, 1, 600, "db: could not connect to database");
 }
 
 #[test]
@@ -204,9 +205,14 @@ fn readyz_is_503_within_deadline_when_memcached_frozen() {
         "600ms",
     ));
     let server = Server::start(&config);
-    assert_not_ready_in_time_while_live(&server, 600, "cache: could not connect to cache");
+    assert_not_ready_in_time_while_live(&server, 1, 600, "cache: could not connect to cache");
     frozen.thaw();
-    assert_eq!(server.get("/readyz").status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || server.get("/readyz").status
+            == 200),
+        "readiness did not recover after the thaw; log:\n{}",
+        server.log()
+    );
 }
 
 fn test_probe(name: &str, settings: &str) -> String {
@@ -282,12 +288,17 @@ fn the_first_failing_probe_in_configured_order_answers() {
         "the earlier probe wins even though it fails last"
     );
 
-    let config = dir.config(&format!("{}{}{}", server_section(), probes[2], probes[0]));
+    // A failure first in order answers at once, without waiting for a slow probe
+    // after it.
+    let config = dir.config(&format!("{}{}{}", server_section(), probes[2], probes[1]));
     let server = Server::start(&config);
-    let started = Instant::now();
     let response = server.get("/readyz");
     assert_eq!((response.status, response.body.as_str()), (418, "second"));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        response.elapsed < Duration::from_millis(300),
+        "answered after {:?}, not at once",
+        response.elapsed
+    );
 }
 
 #[test]

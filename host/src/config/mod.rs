@@ -34,6 +34,15 @@ pub const DEFAULT_CACHE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_PROBE_MEMORY: usize = 64 << 20;
 /// The original's migrate lock id.
 pub const DEFAULT_LOCK_ID: i64 = 1000;
+/// What `lockedmigrate` runs by default (migrate's flags are appended).
+pub const DEFAULT_MIGRATE_COMMAND: &[&str] = &["python", "manage.py", "migrate"];
+/// Django 5.2's PBKDF2-SHA256 iteration count.
+pub const DEFAULT_PBKDF2_ITERATIONS: u32 = 1_000_000;
+/// Django's `MinimumLengthValidator` default.
+pub const DEFAULT_MIN_PASSWORD_LENGTH: usize = 8;
+/// Django's default validators that `ensureadmin` implements, in Django's order;
+/// `common` applies only when a list file is configured.
+pub const DEFAULT_PASSWORD_VALIDATORS: &[&str] = &["minimum_length", "common", "numeric"];
 /// The database used when neither the file nor `DATABASE_URL` names one:
 /// Django's default `db.sqlite3` in the working directory.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://db.sqlite3";
@@ -105,7 +114,31 @@ pub struct ProbeConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobsConfig {
+    /// `lockedmigrate`'s lock id unless `-L` is given.
     pub lock_id: i64,
+    /// What `lockedmigrate` runs (with migrate's flags appended) unless a command
+    /// follows `--`.
+    pub migrate_command: Vec<String>,
+    pub ensureadmin: EnsureAdminConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnsureAdminConfig {
+    /// PBKDF2 iterations of the password hash (Django 5.2's default unless set).
+    pub iterations: u32,
+    /// Password validators, in the order their messages are reported.
+    pub validators: Vec<PasswordValidator>,
+}
+
+/// Django's standard password validators that `ensureadmin` applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordValidator {
+    /// `MinimumLengthValidator(min_length)`
+    MinimumLength(usize),
+    /// `CommonPasswordValidator` with this list (one password per line, gzip or plain).
+    Common(PathBuf),
+    /// `NumericPasswordValidator`
+    Numeric,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

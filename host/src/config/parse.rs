@@ -16,6 +16,9 @@ use super::*;
 use crate::db::ConnectOptions;
 use crate::plugin::{Builtin, ComponentSource};
 
+/// Longest duration any setting accepts (deadlines are added to clock readings).
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
 const TOP_KEYS: &[&str] = &[
     "server",
     "readiness",
@@ -37,8 +40,9 @@ const PROBE_KEYS: &[&str] = &[
     "memory",
     "config",
 ];
-const JOBS_KEYS: &[&str] = &["lockedmigrate"];
-const LOCKEDMIGRATE_KEYS: &[&str] = &["lock_id"];
+const JOBS_KEYS: &[&str] = &["lockedmigrate", "ensureadmin"];
+const LOCKEDMIGRATE_KEYS: &[&str] = &["lock_id", "command"];
+const ENSUREADMIN_KEYS: &[&str] = &["iterations", "min_length", "common_passwords", "validators"];
 const RUNTIME_KEYS: &[&str] = &["cache_dir", "cache"];
 
 pub(super) fn parse(text: &str, file: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
@@ -325,19 +329,116 @@ impl<'a> Parser<'a> {
 
     fn jobs(&mut self, item: Option<&Item>) -> JobsConfig {
         let table = item.and_then(|i| self.table(i, "jobs", JOBS_KEYS));
-        let lock_id = table
-            .and_then(|t| t.get("lockedmigrate"))
-            .and_then(|i| {
-                self.opt(
-                    Some(i),
-                    "jobs.lockedmigrate",
-                    LOCKEDMIGRATE_KEYS,
-                    "lock_id",
-                    Self::integer,
-                )
-            })
+        let get = |key: &str| table.and_then(|t| t.get(key));
+
+        let migrate = get("lockedmigrate")
+            .and_then(|i| self.table(i, "jobs.lockedmigrate", LOCKEDMIGRATE_KEYS));
+        let lock_id = migrate
+            .and_then(|t| self.field(t, "jobs.lockedmigrate", "lock_id", Self::integer))
             .unwrap_or(DEFAULT_LOCK_ID);
-        JobsConfig { lock_id }
+        let migrate_command = migrate
+            .and_then(|t| self.field(t, "jobs.lockedmigrate", "command", Self::command))
+            .unwrap_or_else(|| {
+                DEFAULT_MIGRATE_COMMAND
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect()
+            });
+
+        let admin =
+            get("ensureadmin").and_then(|i| self.table(i, "jobs.ensureadmin", ENSUREADMIN_KEYS));
+        let key = "jobs.ensureadmin";
+        let iterations = admin
+            .and_then(|t| self.field(t, key, "iterations", Self::iterations))
+            .unwrap_or(DEFAULT_PBKDF2_ITERATIONS);
+        let min_length = admin
+            .and_then(|t| self.field(t, key, "min_length", Self::integer))
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .unwrap_or(DEFAULT_MIN_PASSWORD_LENGTH);
+        let common = admin.and_then(|t| t.get("common_passwords")).and_then(|i| {
+            let (path, span) = self.string(i, &format!("{key}.common_passwords"))?;
+            let path = self.relative(&path);
+            if path.is_file() {
+                Some(path)
+            } else {
+                let message = format!("file not found: {}", path.display());
+                self.problem(span, &format!("{key}.common_passwords"), message);
+                None
+            }
+        });
+        let names: Vec<(String, Option<Range<usize>>)> =
+            match admin.and_then(|t| t.get("validators")) {
+                Some(i) => self
+                    .strings(i, &format!("{key}.validators"))
+                    .unwrap_or_default(),
+                None => DEFAULT_PASSWORD_VALIDATORS
+                    .iter()
+                    .filter(|v| **v != "common" || common.is_some())
+                    .map(|v| ((*v).to_owned(), None))
+                    .collect(),
+            };
+        let mut validators = Vec::new();
+        for (name, span) in names {
+            let validator = match name.as_str() {
+                "minimum_length" => Some(PasswordValidator::MinimumLength(min_length)),
+                "numeric" => Some(PasswordValidator::Numeric),
+                "common" => match &common {
+                    Some(path) => Some(PasswordValidator::Common(path.clone())),
+                    None => {
+                        self.problem(
+                            span,
+                            &format!("{key}.validators"),
+                            "`common` needs `common_passwords`, the list file to check against",
+                        );
+                        None
+                    }
+                },
+                other => {
+                    let message = format!(
+                        "unknown validator {other:?} (known: minimum_length, common, numeric)"
+                    );
+                    self.problem(span, &format!("{key}.validators"), message);
+                    None
+                }
+            };
+            validators.extend(validator);
+        }
+        JobsConfig {
+            lock_id,
+            migrate_command,
+            ensureadmin: EnsureAdminConfig {
+                iterations,
+                validators,
+            },
+        }
+    }
+
+    fn command(&mut self, item: &Item, key: &str) -> Option<Vec<String>> {
+        let words: Vec<String> = self
+            .strings(item, key)?
+            .into_iter()
+            .map(|(w, _)| w)
+            .collect();
+        if words.is_empty() {
+            self.problem(item.span(), key, "the command must name a program");
+            return None;
+        }
+        Some(words)
+    }
+
+    fn iterations(&mut self, item: &Item, key: &str) -> Option<u32> {
+        let n = self.integer(item, key)?;
+        match u32::try_from(n) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                self.problem(
+                    item.span(),
+                    key,
+                    format!("{n} is not a positive iteration count"),
+                );
+                None
+            }
+        }
     }
 
     fn runtime(&mut self, item: Option<&Item>) -> RuntimeConfig {
@@ -682,6 +783,10 @@ impl<'a> Parser<'a> {
             }
         };
         match parsed {
+            Some(d) if d > MAX_DURATION => {
+                self.problem(item.span(), key, "must be at most 1h");
+                None
+            }
             Some(d) if !d.is_zero() => Some(d),
             _ => {
                 self.problem(

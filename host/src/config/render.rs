@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml_edit::{Array, DocumentMut, Item, Table, value};
 
-use super::Config;
+use super::{Config, PasswordValidator};
 use crate::readiness::format_size;
 
 const MASK: &str = "****";
@@ -80,9 +80,29 @@ pub(super) fn render(config: &Config) -> String {
 
     let mut lockedmigrate = Table::new();
     lockedmigrate["lock_id"] = value(config.jobs.lock_id);
+    lockedmigrate["command"] = value(strings(&config.jobs.migrate_command));
+    let mut ensureadmin = Table::new();
+    let admin = &config.jobs.ensureadmin;
+    ensureadmin["iterations"] = value(i64::from(admin.iterations));
+    let mut names = Vec::new();
+    for validator in &admin.validators {
+        match validator {
+            PasswordValidator::MinimumLength(n) => {
+                ensureadmin["min_length"] = value(i64::try_from(*n).unwrap_or(i64::MAX));
+                names.push("minimum_length".to_owned());
+            }
+            PasswordValidator::Common(path) => {
+                ensureadmin["common_passwords"] = value(path.display().to_string());
+                names.push("common".to_owned());
+            }
+            PasswordValidator::Numeric => names.push("numeric".to_owned()),
+        }
+    }
+    ensureadmin["validators"] = value(strings(&names));
     let mut jobs = Table::new();
     jobs.set_implicit(true);
     jobs["lockedmigrate"] = Item::Table(lockedmigrate);
+    jobs["ensureadmin"] = Item::Table(ensureadmin);
     doc["jobs"] = Item::Table(jobs);
 
     let mut runtime = Table::new();
@@ -103,14 +123,35 @@ fn duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-/// The URL with its password (if any) replaced by `****`.
+/// The URL with its password (if any), and query parameters such as
+/// `?password=` or `?sslpassword=`, replaced by `****`.
 pub(crate) fn mask_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some(MASK));
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some(MASK));
+            }
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = SECRET_HINTS
+                            .iter()
+                            .any(|h| k.to_ascii_lowercase().contains(h));
+                        (
+                            k.into_owned(),
+                            if secret {
+                                MASK.to_owned()
+                            } else {
+                                v.into_owned()
+                            },
+                        )
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.to_string()
         }
-        Ok(_) => url.to_owned(),
         // Not parseable as a URL: show only the scheme, in case it holds a secret.
         Err(_) => match url.split_once(':') {
             Some((scheme, _)) => format!("{scheme}:{MASK}"),

@@ -272,6 +272,8 @@ fn rendering_masks_secrets() {
     let text = r#"
 [databases.default]
 url = "postgres://app:hunter2@db:5432/app"
+[databases.other]
+url = "postgres://app@db:5432/app?sslmode=require&password=hunter2"
 [probes.custom]
 component = "builtin:database"
 databases = "*"
@@ -287,6 +289,14 @@ config = { password = "hunter2", region = "eu" }
     assert!(rendered.contains(r#"region = "eu""#), "{rendered}");
     // What was rendered is itself a valid configuration.
     parse_with(&rendered, &[]).unwrap();
+}
+
+#[test]
+fn durations_are_bounded() {
+    assert_eq!(
+        problems("[readiness]\ntimeout = 9223372036854775807\n"),
+        ["probehost.toml:2:11: readiness.timeout: must be at most 1h"]
+    );
 }
 
 #[test]

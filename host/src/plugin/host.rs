@@ -23,8 +23,15 @@ use crate::memcached::{Cache, CacheError};
 pub(crate) const MAX_LOG_LINE: usize = 1024;
 /// Log lines a probe may write per check; further lines are counted and dropped.
 pub(crate) const MAX_LOG_LINES: u32 = 32;
-/// Bytes of a probe's stderr kept per check (for the reason of a crash).
+/// Bytes of a probe's stderr kept per check (the last ones, for the reason of a
+/// crash).
 const MAX_STDERR: usize = 4096;
+/// Linear memories and core instances a probe may create: a Rust component has
+/// one memory and a few instances, an interpreter-based one a handful more.
+const MAX_MEMORIES: usize = 16;
+const MAX_INSTANCES: usize = 64;
+/// How the SDK's panic hook starts the line it logs just before the trap.
+pub(crate) const PANIC_PREFIX: &str = "panicked at ";
 
 /// What a probe was granted by its `[probes.NAME]` table.
 #[derive(Debug, Default)]
@@ -43,6 +50,8 @@ pub(crate) struct HostState {
     deadline: Instant,
     reserve: Duration,
     memory_limit: usize,
+    /// Bytes of linear memory across all of the instance's memories.
+    memory_used: usize,
     pub(crate) memory_exceeded: Option<usize>,
     pub(crate) log: LogBudget,
     pub(crate) stderr: Capture,
@@ -73,6 +82,7 @@ impl HostState {
             deadline,
             reserve,
             memory_limit,
+            memory_used: 0,
             memory_exceeded: None,
             log: LogBudget::default(),
             stderr,
@@ -99,17 +109,28 @@ impl WasiView for HostState {
 impl ResourceLimiter for HostState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
+        // The cap is for the instance, whatever number of memories it has.
+        let total = self.memory_used - current.min(self.memory_used) + desired;
+        if total > self.memory_limit {
             // Trap rather than fail the allocation: the guest cannot recover in a
             // useful way, and the host can name the reason.
-            self.memory_exceeded = Some(desired);
+            self.memory_exceeded = Some(total);
             wasmtime::bail!("memory limit of {} bytes exceeded", self.memory_limit);
         }
+        self.memory_used = total;
         Ok(true)
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
     }
 
     fn table_growing(
@@ -143,16 +164,16 @@ impl config::Host for HostState {
 pub(crate) struct LogBudget {
     lines: u32,
     pub(crate) dropped: u32,
-    /// The last error-level line: the SDK reports a panic this way just before
-    /// the trap, so it becomes the reason.
-    pub(crate) last_error: Option<String>,
+    /// The panic the SDK reported (an error-level line starting with
+    /// [`PANIC_PREFIX`]) just before the trap, which then becomes the reason.
+    pub(crate) panic: Option<String>,
 }
 
 impl log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
         let message = truncate(&message, MAX_LOG_LINE);
-        if level == log::Level::Error {
-            self.log.last_error = Some(message.to_owned());
+        if level == log::Level::Error && message.starts_with(PANIC_PREFIX) {
+            self.log.panic = Some(message.to_owned());
         }
         if self.log.lines >= MAX_LOG_LINES {
             self.log.dropped += 1;
@@ -298,9 +319,9 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A bounded in-memory stream for a guest's stderr: keeps the first `capacity`
-/// bytes and accepts (and drops) the rest, so a chatty guest neither fails its
-/// writes nor grows the host's memory.
+/// A bounded in-memory stream for a guest's stderr: keeps the last `capacity`
+/// bytes (where a crash is described) and accepts everything, so a chatty guest
+/// neither fails its writes nor grows the host's memory.
 #[derive(Clone)]
 pub(crate) struct Capture {
     buffer: Arc<Mutex<Vec<u8>>>,
@@ -345,8 +366,10 @@ impl tokio::io::AsyncWrite for Capture {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        let room = self.capacity.saturating_sub(buffer.len());
-        buffer.extend_from_slice(&buf[..buf.len().min(room)]);
+        let keep = buf.len().min(self.capacity);
+        buffer.extend_from_slice(&buf[buf.len() - keep..]);
+        let excess = buffer.len().saturating_sub(self.capacity);
+        buffer.drain(..excess);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -315,12 +315,18 @@ impl Plugin {
         self.timeout
     }
 
-    /// Run one check in a fresh instance. It ends by `deadline` or by the probe's
-    /// own timeout, whichever comes first, even if the guest loops.
-    pub async fn check(&self, request: Option<&ProbeRequest>, deadline: Instant) -> CheckOutcome {
-        let started = Instant::now();
+    /// Run one check in a fresh instance. It ends by `started` plus the probe's
+    /// timeout, or by `deadline`, whichever comes first, even if the guest loops.
+    /// `started` is when the evaluation began, so time spent waiting to be
+    /// scheduled counts against the probe's timeout too.
+    pub async fn check(
+        &self,
+        request: Option<&ProbeRequest>,
+        started: Instant,
+        deadline: Instant,
+    ) -> CheckOutcome {
         let deadline = deadline.min(started + self.timeout);
-        let allowed = deadline.saturating_duration_since(started);
+        let allowed = deadline.saturating_duration_since(Instant::now());
         // Host calls end this much before the deadline so the probe can still
         // answer with its own message.
         let reserve = (allowed / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
@@ -339,7 +345,13 @@ impl Plugin {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 // Yield so other checks on this worker thread make progress.
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's yield_now goes to the back of the queue; a plain
+                // self-wake would take the worker's LIFO slot and run again at
+                // once, starving the other checks.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
 
@@ -377,13 +389,10 @@ impl Plugin {
                         limit: self.memory_limit,
                     }
                 } else {
-                    // Prefer what the guest said last (the SDK logs a panic just
-                    // before it traps) over wasmtime's description of the trap.
-                    let said = state
-                        .log
-                        .last_error
-                        .clone()
-                        .or_else(|| state.stderr.last_line());
+                    // Prefer the guest's own account (the SDK logs a panic just
+                    // before it traps; other toolchains write to stderr) over
+                    // wasmtime's description of the trap.
+                    let said = state.log.panic.clone().or_else(|| state.stderr.last_line());
                     let trap = match error.downcast_ref::<wasmtime::Trap>() {
                         Some(trap) => format!("wasm trap: {trap}"),
                         None => error.root_cause().to_string(),

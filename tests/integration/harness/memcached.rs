@@ -39,9 +39,9 @@ impl Memcached {
         if rustix::process::geteuid().is_root() {
             command.args(["-u", "nobody"]);
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting memcached (install it with ./setup.sh): {e}"));
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!("starting memcached (install it with scripts/setup.sh): {e}")
+        });
         self.child = Some(child);
         let address = self.address;
         assert!(

@@ -13,6 +13,7 @@ mod process;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::Duration;
 
 pub use fault::{FaultProxy, Mode};
@@ -54,7 +55,7 @@ impl Service {
             Service::Memcached => (
                 "memcached",
                 "127.0.0.1:11211",
-                "./setup.sh (or: memcached -d -u nobody -l 127.0.0.1 -p 11211)",
+                "scripts/setup.sh (or: memcached -d -u nobody -l 127.0.0.1 -p 11211)",
             ),
         }
     }
@@ -136,4 +137,42 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Run `concurrent` readiness checks in the background, calling `/livez` while
+/// they run: each check must fail with `body` within `timeout_ms` plus a margin for a shared
+/// machine, and every `/livez` must answer at once.
+pub fn assert_not_ready_in_time_while_live(
+    server: &Server,
+    concurrent: usize,
+    timeout_ms: u64,
+    body: &str,
+) {
+    let address = server.address;
+    let checks: Vec<_> = (0..concurrent)
+        .map(|_| thread::spawn(move || get(address, "/readyz")))
+        .collect();
+    let mut livez = Vec::new();
+    thread::sleep(Duration::from_millis(50));
+    while !checks.iter().all(|c| c.is_finished()) && livez.len() < 50 {
+        let response = server.get("/livez");
+        assert_eq!((response.status, response.body.as_str()), (200, "Ok"));
+        livez.push(response.elapsed);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let limit = Duration::from_millis(timeout_ms + 400);
+    for check in checks {
+        let ready = check.join().unwrap();
+        assert_eq!((ready.status, ready.body.as_str()), (503, body));
+        assert!(ready.elapsed < limit, "readyz took {:?}", ready.elapsed);
+    }
+    assert!(
+        !livez.is_empty(),
+        "no /livez request ran during the readiness check"
+    );
+    let slowest = livez.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(200),
+        "a /livez answer took {slowest:?} during readiness"
+    );
 }

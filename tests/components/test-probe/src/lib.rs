@@ -9,9 +9,9 @@
 //! - `stats`: asks `server` of `cache` for memcached stats, not ready with the error;
 //! - `echo`: not ready with a description of the request, its grants and its config;
 //! - `log-flood`: writes `count` log lines, then is ready;
-//! - `env`: ready only if it sees no environment variables;
-//! - `read-file`: ready only if reading `path` fails;
-//! - `connect`: ready only if a TCP connection to `address` fails.
+//! - `env`: not ready, listing the environment variables it sees;
+//! - `read-file`: not ready, saying what reading `path` gave;
+//! - `connect`: not ready, saying what a TCP connection to `address` gave.
 #![forbid(unsafe_code)]
 
 use probehost_sdk::{NotReady, Probe, Request, config, log, memcached, sql};
@@ -83,21 +83,20 @@ impl Probe for TestProbe {
                 }
                 Ok(())
             }
-            "env" => match std::env::vars().map(|(k, _)| k).collect::<Vec<_>>() {
-                vars if vars.is_empty() => Ok(()),
-                vars => Err(NotReady::new(format!(
-                    "sees environment: {}",
-                    vars.join(",")
-                ))),
-            },
-            "read-file" => match std::fs::read(setting("path")) {
-                Ok(bytes) => Err(NotReady::new(format!("read {} bytes", bytes.len()))),
-                Err(_) => Ok(()),
-            },
-            "connect" => match std::net::TcpStream::connect(setting("address")) {
-                Ok(_) => Err(NotReady::new("connected")),
-                Err(_) => Ok(()),
-            },
+            "env" => {
+                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                Err(NotReady::new(format!("environment: [{}]", vars.join(","))))
+            }
+            "read-file" => Err(NotReady::new(match std::fs::read(setting("path")) {
+                Ok(bytes) => format!("read {} bytes", bytes.len()),
+                Err(e) => format!("read failed: {:?}", e.kind()),
+            })),
+            "connect" => Err(NotReady::new(
+                match std::net::TcpStream::connect(setting("address")) {
+                    Ok(_) => "connected".to_owned(),
+                    Err(e) => format!("connect failed: {:?}", e.kind()),
+                },
+            )),
             other => Err(NotReady::new(format!(
                 "test-probe: unknown action {other:?}"
             ))),
