@@ -6,6 +6,8 @@
 #   - memcached (installed with apt-get when missing) running on 127.0.0.1:11211
 #   - PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306, started with
 #     the usual Debian commands if they are installed but stopped
+#   - .venv: Django, psycopg and PyMySQL from PyPI, for the Django fixture
+
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -77,4 +79,13 @@ if command -v mariadb >/dev/null 2>&1; then
     mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null
 fi
 
-say "ready: wasm32-wasip2, memcached, PostgreSQL, MariaDB"
+# --- the Django fixture's Python environment ----------------------------------
+cd "$(dirname "$0")/.."
+if ! .venv/bin/python -c 'import django, psycopg, pymysql' >/dev/null 2>&1; then
+    say "installing the Django fixture's Python packages into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/django/requirements.txt
+fi
+
+say "ready: wasm32-wasip2, memcached, PostgreSQL, MariaDB, Django $(.venv/bin/python -c 'import django; print(django.get_version())')"
+

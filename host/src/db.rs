@@ -61,17 +61,22 @@ pub enum ConnectOptions {
 impl ConnectOptions {
     /// Parse a database URL. `mariadb://` is accepted as `mysql://`. SQLite
     /// databases are created when missing, as Django does on first connect.
+    ///
+    /// sqlx's statement logging is moved down to debug: a readiness query or a
+    /// lock wait that takes a while is expected here, not worth a warning.
     pub fn parse(url: &str) -> Result<ConnectOptions, String> {
         let parsed = match Backend::from_url(url)? {
-            Backend::Postgres => PgConnectOptions::from_str(url).map(ConnectOptions::Postgres),
+            Backend::Postgres => {
+                PgConnectOptions::from_str(url).map(|o| ConnectOptions::Postgres(quiet_logging(o)))
+            }
             Backend::Mysql => {
                 let url = url
                     .strip_prefix("mariadb:")
                     .map_or_else(|| url.to_owned(), |rest| format!("mysql:{rest}"));
-                MySqlConnectOptions::from_str(&url).map(ConnectOptions::Mysql)
+                MySqlConnectOptions::from_str(&url).map(|o| ConnectOptions::Mysql(quiet_logging(o)))
             }
             Backend::Sqlite => SqliteConnectOptions::from_str(url)
-                .map(|o| ConnectOptions::Sqlite(o.create_if_missing(true))),
+                .map(|o| ConnectOptions::Sqlite(quiet_logging(o.create_if_missing(true)))),
         };
         parsed.map_err(|e| e.to_string())
     }
@@ -119,6 +124,12 @@ impl ConnectOptions {
             ConnectOptions::Sqlite(_) => None,
         }
     }
+}
+
+fn quiet_logging<O: sqlx::ConnectOptions>(options: O) -> O {
+    options
+        .log_statements(log::LevelFilter::Trace)
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1))
 }
 
 /// A connection of its own, for the jobs (which need session state such as

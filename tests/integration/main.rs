@@ -9,6 +9,7 @@ mod harness;
 
 mod component_cache;
 mod config_errors;
+mod jobs;
 mod probe_cli;
 mod sandbox;
 mod serve;

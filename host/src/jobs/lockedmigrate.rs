@@ -1,15 +1,15 @@
 //! `lockedmigrate`: run the migration command while holding the migration lock.
 //!
 //! The command runs as a child in a process group of its own; SIGTERM and SIGINT
-//! sent to probehost are forwarded to it, and it is killed if probehost dies
-//! (`PR_SET_PDEATHSIG`), so a killed holder never leaves a migration running
-//! unlocked. While it runs, the lock's connection is checked; if it is lost, the
+//! sent to probehost are forwarded to that group (the command and whatever it
+//! started), and the command is killed if probehost dies (`PR_SET_PDEATHSIG`),
+//! so a killed holder never leaves a migration running unlocked. While it runs, the lock's connection is checked; if it is lost, the
 //! command is stopped, because another replica may already hold the lock.
 
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -101,20 +101,22 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-fn forward(pid: Option<Pid>, signal: Signal) {
-    if let Some(pid) = pid {
-        let _ = kill_process(pid, signal);
+/// Signal the command's process group (its id is the command's pid).
+fn forward(group: Option<Pid>, signal: Signal) {
+    if let Some(group) = group {
+        let _ = kill_process_group(group, signal);
     }
 }
 
-/// SIGTERM, then SIGKILL after [`STOP_GRACE`].
-async fn stop(child: &mut Child, pid: Option<Pid>) {
-    forward(pid, Signal::TERM);
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`], to the whole group.
+async fn stop(child: &mut Child, group: Option<Pid>) {
+    forward(group, Signal::TERM);
     if tokio::time::timeout(STOP_GRACE, child.wait())
         .await
         .is_err()
     {
-        let _ = child.kill().await;
+        forward(group, Signal::KILL);
+        let _ = child.wait().await;
     }
 }
 

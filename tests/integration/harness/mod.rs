@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+mod databases;
+pub mod django;
 mod fault;
 mod http;
 mod memcached;
@@ -16,10 +18,11 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
 pub use http::{Response, get, request};
 pub use memcached::Memcached;
-pub use process::{Output, Server, probehost, run};
+pub use process::{Background, Output, Server, probehost, run};
 
 /// The `probehost` binary under test.
 pub const PROBEHOST: &str = env!("CARGO_BIN_EXE_probehost");

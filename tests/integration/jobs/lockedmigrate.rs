@@ -1,0 +1,343 @@
+//! `probehost lockedmigrate` with the Django fixture: many replicas, one
+//! migration.
+
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::harness::django::{job, manage};
+use crate::harness::*;
+
+/// Migrations of the fixture: contenttypes (2), auth (12), shop (3).
+const MIGRATIONS: i64 = 17;
+
+fn lockedmigrate(database_url: &str) -> std::process::Command {
+    let mut command = job(database_url);
+    command.arg("lockedmigrate");
+    command
+}
+
+fn concurrent_runs_apply_every_migration_once(kind: Kind, runs: usize) {
+    let db = FreshDatabase::new(kind);
+    let jobs: Vec<Background> = (0..runs)
+        .map(|_| {
+            Background::spawn(
+                lockedmigrate(&db.url)
+                    .env("SLOW_MIGRATION_SECONDS", "1")
+                    .arg("--noinput"),
+            )
+        })
+        .collect();
+    let outputs: Vec<Output> = jobs
+        .into_iter()
+        .map(|j| j.finish(Duration::from_secs(120)))
+        .collect();
+    for output in &outputs {
+        assert_eq!(output.code, 0, "{output:?}");
+    }
+    let applying = outputs
+        .iter()
+        .filter(|o| o.stdout.contains("Applying"))
+        .count();
+    let nothing = outputs
+        .iter()
+        .filter(|o| o.stdout.contains("No migrations to apply."))
+        .count();
+    assert_eq!((applying, nothing), (1, runs - 1), "{outputs:#?}");
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM django_migrations"),
+        MIGRATIONS
+    );
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM (SELECT DISTINCT app, name FROM django_migrations) AS d"),
+        MIGRATIONS
+    );
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM shop_migration_run"),
+        1,
+        "the slow migration ran once"
+    );
+}
+
+#[test]
+fn concurrent_runs_on_postgres_apply_every_migration_exactly_once() {
+    concurrent_runs_apply_every_migration_once(Kind::Postgres, 6);
+}
+
+#[test]
+fn concurrent_runs_on_mariadb_apply_every_migration_exactly_once() {
+    concurrent_runs_apply_every_migration_once(Kind::MariaDb, 4);
+}
+
+#[test]
+fn concurrent_runs_on_sqlite_apply_every_migration_exactly_once() {
+    concurrent_runs_apply_every_migration_once(Kind::Sqlite, 4);
+}
+
+#[test]
+fn the_postgres_lock_is_the_originals_and_is_gone_afterwards() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    let mut session = PgSession::connect(&db.url);
+    let job = Background::spawn(lockedmigrate(&db.url).args(["--", "sleep", "2"]));
+    assert!(
+        eventually(Duration::from_secs(10), || !session
+            .advisory_locks(1000)
+            .is_empty()),
+        "the lock was never taken"
+    );
+    // pg_advisory_lock(bigint 1000): classid 0, objid 1000, objsubid 1.
+    assert_eq!(session.advisory_locks(1000), [(0, 1000, 1)]);
+    let output = job.finish(Duration::from_secs(30));
+    assert_eq!(output.code, 0, "{output:?}");
+    settle();
+    assert!(
+        session.advisory_locks(1000).is_empty(),
+        "the lock is released"
+    );
+}
+
+#[test]
+fn a_session_holding_the_same_lock_delays_it_and_another_id_does_not() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    let mut holder = PgSession::connect(&db.url);
+    holder.execute("SELECT pg_advisory_lock(1000)");
+
+    let other = run(lockedmigrate(&db.url).args(["-L", "1001", "--", "true"]));
+    assert_eq!(other.code, 0, "{other:?}");
+    assert!(
+        other.elapsed < Duration::from_secs(3),
+        "a different id waited {:?}",
+        other.elapsed
+    );
+
+    let mut waiter = Background::spawn(lockedmigrate(&db.url).args(["--", "echo", "migrated"]));
+    assert!(
+        waiter.wait_for("Waiting for migration lock 1000", Duration::from_secs(10)),
+        "the waiter says that it waits"
+    );
+    assert!(waiter.is_running(), "it waits while the lock is held");
+    let pid = holder.scalar("SELECT pg_backend_pid()::bigint");
+    holder.execute("SELECT pg_advisory_unlock(1000)");
+    let output = waiter.finish(Duration::from_secs(30));
+    assert_eq!(
+        (output.code, output.stdout.as_str()),
+        (0, "migrated\n"),
+        "{output:?}"
+    );
+    assert!(
+        output
+            .stderr
+            .contains(&format!("held by PostgreSQL pid {pid}")),
+        "{}",
+        output.stderr
+    );
+}
+
+#[test]
+fn the_lock_timeout_ends_the_wait_naming_the_holder() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    let mut holder = PgSession::connect(&db.url);
+    holder.execute("SELECT pg_advisory_lock(1000)");
+    let pid = holder.scalar("SELECT pg_backend_pid()::bigint");
+    let output = run(lockedmigrate(&db.url).args(["--lock-timeout", "1", "--", "echo", "never"]));
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(output.stdout.is_empty(), "the command did not run");
+    assert!(
+        output
+            .stderr
+            .starts_with("Could not acquire migration lock 1000 within 1.")
+            && output
+                .stderr
+                .contains(&format!("held by PostgreSQL pid {pid}")),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        output.elapsed < Duration::from_secs(3),
+        "{:?}",
+        output.elapsed
+    );
+}
+
+#[test]
+fn a_killed_holder_hands_over_to_a_waiter_that_finishes() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    // The holder's slow migration outlasts the waiter's first report by far.
+    let holder = Background::spawn(
+        lockedmigrate(&db.url)
+            .env("SLOW_MIGRATION_SECONDS", "20")
+            .arg("--noinput"),
+    );
+    assert!(
+        holder.wait_for("shop.0002_slow: started", Duration::from_secs(60)),
+        "the migration started"
+    );
+    let waiter = Background::spawn(
+        lockedmigrate(&db.url)
+            .env("SLOW_MIGRATION_SECONDS", "0")
+            .arg("--noinput"),
+    );
+    assert!(waiter.wait_for("Waiting for migration lock 1000", Duration::from_secs(10)));
+    holder.signal(Signal::KILL);
+    let killed = Instant::now();
+    let output = waiter.finish(Duration::from_secs(60));
+    assert_eq!(output.code, 0, "{output:?}");
+    assert!(
+        output.stdout.contains("Applying shop.0002_slow"),
+        "{}",
+        output.stdout
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "the waiter did not wait out the dead holder's migration"
+    );
+
+    // The killed holder's migration died with it (rolled back) and ran again once.
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM shop_migration_run"), 1);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM django_migrations"),
+        MIGRATIONS
+    );
+}
+
+#[test]
+fn check_reports_unapplied_migrations() {
+    let db = FreshDatabase::new(Kind::Sqlite);
+    let output = run(lockedmigrate(&db.url).arg("--check"));
+    assert_ne!(output.code, 0, "unapplied migrations: {output:?}");
+    assert_eq!(run(lockedmigrate(&db.url).arg("--noinput")).code, 0);
+    let output = run(lockedmigrate(&db.url).arg("--check"));
+    assert_eq!(output.code, 0, "{output:?}");
+}
+
+#[test]
+fn migrate_arguments_are_passed_through() {
+    let db = FreshDatabase::new(Kind::Sqlite);
+    let output = run(lockedmigrate(&db.url).args(["--noinput", "-v", "0", "shop", "0001"]));
+    assert_eq!(output.code, 0, "{output:?}");
+    let output = run(manage(&db.url).args(["showmigrations", "shop"]));
+    assert!(
+        output.stdout.contains("[X] 0001_initial") && output.stdout.contains("[ ] 0002_slow"),
+        "{}",
+        output.stdout
+    );
+}
+
+#[test]
+fn a_lock_id_that_is_not_an_integer_exits_2() {
+    let output = run(probehost().args(["lockedmigrate", "-L", "notanint"]));
+    assert_eq!(output.code, 2);
+    assert!(
+        output.stderr.contains("invalid value 'notanint'"),
+        "{}",
+        output.stderr
+    );
+}
+
+#[test]
+fn any_command_runs_after_the_separator_and_its_exit_code_is_kept() {
+    let db = FreshDatabase::new(Kind::Sqlite);
+    let output =
+        run(lockedmigrate(&db.url).args(["--", "sh", "-c", "echo alembic upgrade head; exit 3"]));
+    assert_eq!(
+        (output.code, output.stdout.as_str()),
+        (3, "alembic upgrade head\n")
+    );
+    let output = run(lockedmigrate(&db.url).args(["--", "no-such-program-here"]));
+    assert_eq!(output.code, 127);
+    assert!(
+        output.stderr.contains("cannot run no-such-program-here"),
+        "{}",
+        output.stderr
+    );
+    let output = run(lockedmigrate(&db.url).args(["--fake", "--", "true"]));
+    assert_eq!(
+        output.code, 2,
+        "migrate's flags and a command do not mix: {output:?}"
+    );
+}
+
+#[test]
+fn sigterm_is_forwarded_and_the_lock_released() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    let mut session = PgSession::connect(&db.url);
+    let script = "trap 'echo got TERM; exit 7' TERM; echo ready; sleep 30 & wait";
+    let job = Background::spawn(lockedmigrate(&db.url).args(["--", "sh", "-c", script]));
+    assert!(job.wait_for("ready", Duration::from_secs(10)));
+    job.signal(Signal::TERM);
+    let output = job.finish(Duration::from_secs(15));
+    assert_eq!(
+        (output.code, output.stdout.as_str()),
+        (7, "ready\ngot TERM\n"),
+        "{output:?}"
+    );
+    settle();
+    assert!(
+        session.advisory_locks(1000).is_empty(),
+        "the lock is released"
+    );
+}
+
+#[test]
+fn losing_the_lock_connection_stops_the_command() {
+    require(Service::Postgres);
+    let db = FreshDatabase::new(Kind::Postgres);
+    let proxy = FaultProxy::start(Service::Postgres.address(), Mode::Pass);
+    let through_proxy = db
+        .url
+        .replace("127.0.0.1:5432", &proxy.address().to_string());
+    let job = Background::spawn(lockedmigrate(&through_proxy).args([
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 30",
+    ]));
+    assert!(job.wait_for("started", Duration::from_secs(10)));
+    let cut = Instant::now();
+    proxy.set_mode(Mode::Refuse);
+    proxy.cut();
+    let output = job.finish(Duration::from_secs(30));
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("Lost the connection holding migration lock 1000"),
+        "{}",
+        output.stderr
+    );
+    // The next lock check (every 2s) notices; the command and its children stop.
+    assert!(
+        cut.elapsed() < Duration::from_secs(8),
+        "stopped {:?} after the cut",
+        cut.elapsed()
+    );
+}
+
+fn the_lock_timeout_names_the_holder(kind: Kind, holder_says: &str) {
+    let db = FreshDatabase::new(kind);
+    let holder =
+        Background::spawn(lockedmigrate(&db.url).args(["--", "sh", "-c", "echo holding; sleep 5"]));
+    assert!(holder.wait_for("holding", Duration::from_secs(10)));
+    let output = run(lockedmigrate(&db.url).args(["--lock-timeout", "1", "--", "echo", "never"]));
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(output.stdout.is_empty());
+    assert!(
+        output
+            .stderr
+            .starts_with("Could not acquire migration lock 1000 within ")
+            && output.stderr.contains(holder_says),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(holder.finish(Duration::from_secs(15)).code, 0);
+}
+
+#[test]
+fn the_lock_timeout_on_mariadb_names_the_holding_connection() {
+    the_lock_timeout_names_the_holder(Kind::MariaDb, "held by MySQL connection ");
+}
+
+#[test]
+fn the_lock_timeout_on_sqlite_names_the_holding_process() {
+    the_lock_timeout_names_the_holder(Kind::Sqlite, "held by process ");
+}
