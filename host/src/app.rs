@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::runtime::{Handle, Runtime};
@@ -11,9 +13,11 @@ use tokio::runtime::{Handle, Runtime};
 use crate::config::{Config, ConfigError, Problem};
 use crate::db::Database;
 use crate::memcached::Cache;
+use crate::metrics::Metrics;
 use crate::plugin::{Grants, Loaded, Origin, Plugin, PluginRuntime};
-use crate::readiness::Evaluator;
-use crate::server::{self, AppState, Routes};
+use crate::proxy::Upstream;
+use crate::readiness::{Evaluator, Readiness, Sharing};
+use crate::server::{self, ANSWERED_BY, AppState, Lifecycle, Routes, ServeOptions, Stop};
 
 /// Why start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +86,11 @@ pub fn check_config(config: &Config) -> Result<(), StartupError> {
 
 /// Build the evaluator for `config`. Pools and clients are created on `guests`
 /// (the runtime that will use them) without connecting.
-pub fn build_evaluator(config: &Config, guests: &Handle) -> Result<Evaluator, StartupError> {
+pub fn build_evaluator(
+    config: &Config,
+    guests: &Handle,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<Evaluator>, StartupError> {
     config.check_ready()?;
     let _enter = guests.enter();
     let runtime = PluginRuntime::new(config.runtime.cache_dir.as_deref())?;
@@ -140,24 +148,107 @@ pub fn build_evaluator(config: &Config, guests: &Handle) -> Result<Evaluator, St
             Plugin::new(&probe.name, component, grants, probe.timeout, probe.memory)
         })
         .collect();
-    Ok(Evaluator::new(
+    Ok(Arc::new(Evaluator::new(
         plugins,
         config.readiness.timeout,
         guests.clone(),
-    ))
+        metrics,
+    )))
 }
 
-/// Run the probe server: `config` is already validated and `listener` bound.
-/// Returns when `shutdown` completes and in-flight requests are done.
+/// Everything the server needs, built from `config` (probes on `guests`).
+pub fn build_state(
+    config: &Config,
+    guests: &Handle,
+    lifecycle: Lifecycle,
+) -> Result<Arc<AppState>, StartupError> {
+    let metrics = Arc::new(Metrics::new(config.probes.iter().map(|p| p.name.as_str())));
+    let evaluator = build_evaluator(config, guests, metrics.clone())?;
+    let sharing = Sharing {
+        cache_ttl: config.readiness.cache_ttl,
+        interval: config.readiness.interval,
+    };
+    let readiness = Readiness::new(evaluator, sharing, metrics.clone());
+    readiness.start_background();
+    let upstream = match &config.server.upstream {
+        None => None,
+        Some(url) => {
+            let base = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("server.upstream {url:?}: {e}"))?;
+            Some(Upstream::new(base, config.server.upstream_timeout))
+        }
+    };
+    Ok(Arc::new(AppState {
+        routes: Routes::new(
+            &config.server,
+            config.probes.iter().map(|p| p.name.clone()).collect(),
+        ),
+        readiness,
+        metrics,
+        upstream,
+        verbose: config.server.verbose,
+        lifecycle,
+    }))
+}
+
+/// The `host:port` of `server.upstream`, resolved, for liveness checks.
+pub fn upstream_address(config: &Config) -> Option<SocketAddr> {
+    let url = url::Url::parse(config.server.upstream.as_deref()?).ok()?;
+    url.socket_addrs(|| Some(80)).ok()?.into_iter().next()
+}
+
+/// Run the probe server: `state` is built and `listener` bound. Returns when
+/// `stop` completes (after the drain it asks for) and in-flight requests are done.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
-    evaluator: Evaluator,
-    shutdown: impl Future<Output = ()>,
+    state: Arc<AppState>,
+    stop: impl Future<Output = Stop>,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AppState {
-        routes: Routes::new(&config.server),
-        evaluator,
+    server::serve(listener, state, ServeOptions::new(&config.server), stop).await
+}
+
+/// Ask a probehost serving this configuration for its readiness answer, over
+/// loopback. `None` when nothing answers, or what answers is not probehost.
+pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = config.server.ready_paths.first()?;
+    let listen = config.server.listen;
+    let ip = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        ip if ip.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let address = SocketAddr::new(ip, listen.port());
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        Some(raw)
+    };
+    // Connecting to a live local server takes microseconds; allow the server's
+    // own deadline for the answer.
+    let limit = config.readiness.timeout + Duration::from_secs(1);
+    let raw = tokio::time::timeout(limit, exchange).await.ok()??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let ours = lines.any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with(&format!("{ANSWERED_BY}:"))
     });
-    server::serve(listener, state, shutdown).await
+    if !ours {
+        tracing::debug!(%address, "something else answers on the server's port");
+        return None;
+    }
+    tracing::debug!(%address, status, "answered by the running server");
+    Some((status, body.to_owned()))
 }

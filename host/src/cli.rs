@@ -20,13 +20,20 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::app::{self, StartupError};
+use crate::child;
 use crate::config::{self, Config, ConfigError, ProcessEnv};
 use crate::jobs::lock::MigrationLock;
+use crate::jobs::lockedmigrate::EXIT_CANNOT_RUN;
 use crate::jobs::lockedmigrate::{self, Ended};
 use crate::jobs::wait4db::Wait4db;
 use crate::jobs::{self, ensureadmin, password};
+use crate::metrics::Metrics;
 use crate::readiness::Verdict;
+use crate::server::{AppState, Lifecycle, Stop};
 
 /// Exit codes.
 pub mod exit {
@@ -70,8 +77,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the liveness and readiness probes over HTTP.
+    /// Serve the liveness and readiness probes over HTTP (with `--upstream`, in
+    /// front of the application).
     Serve(ServeArgs),
+    /// Run the application as a child and serve its probes while it runs;
+    /// liveness follows the application, and probehost exits with its code.
+    Run(RunArgs),
     /// Check liveness or readiness once, for Kubernetes exec probes.
     Probe(ProbeArgs),
     /// Work with the configuration.
@@ -278,6 +289,20 @@ pub struct ServeArgs {
     /// Address to listen on (overrides `server.listen`).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Proxy mode: forward every request that is not a probe to this
+    /// `http://host:port` (overrides `server.upstream`).
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+/// `probehost run [serve options] -- CMD ARGS...`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// The application to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Allows Kubernetes to probe the readiness and liveness state of the container
@@ -296,6 +321,10 @@ pub struct ProbeArgs {
     /// Suppress output for the probe check
     #[arg(short, long)]
     pub quiet: bool,
+    /// Evaluate in this process even if a probehost server of the same
+    /// configuration is running (by default `--ready` asks it).
+    #[arg(long)]
+    pub local: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,7 +363,7 @@ pub fn main() -> ExitCode {
 /// Run a parsed command line; returns the exit code.
 pub fn run(cli: Cli) -> u8 {
     let default_filter = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Run(_) => "info",
         // An exec probe's output is its answer; keep the probes' own log lines
         // out of it unless asked for.
         Command::Probe(_) => "warn,probehost::guest=off",
@@ -348,6 +377,7 @@ pub fn run(cli: Cli) -> u8 {
     let result = match &cli.command {
         Command::Probe(args) => return probe(&cli, args),
         Command::Serve(args) => serve(&cli, args),
+        Command::Run(args) => run_app(&cli, args),
         Command::Config(ConfigCommand::Check) => config_check(&cli),
         Command::Wait4db(args) => wait4db(&cli, args),
         Command::Ensureadmin(args) => ensureadmin(&cli, args),
@@ -374,27 +404,54 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, StartupError> {
+/// The configuration for serving, with the command line's overrides.
+fn serve_config(cli: &Cli, args: &ServeArgs) -> Result<Config, StartupError> {
     let mut config = load_config(cli)?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    if let Some(upstream) = &args.upstream {
+        config.server.upstream = Some(upstream.clone());
+    }
     config.check_serve()?;
-    let guests = app::guest_runtime().context("starting the probe runtime")?;
-    let evaluator = app::build_evaluator(&config, guests.handle())?;
-    let http = tokio::runtime::Builder::new_multi_thread()
+    Ok(config)
+}
+
+fn http_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .thread_name("probehost-http")
         .enable_all()
         .build()
-        .context("starting the HTTP runtime")?;
+        .context("starting the HTTP runtime")
+}
+
+async fn bind(config: &Config, state: &AppState) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let address = listener.local_addr()?;
+    let probes: Vec<&str> = state.readiness.evaluator().probe_names().collect();
+    let mode = if config.server.upstream.is_some() {
+        "proxy"
+    } else {
+        "standalone"
+    };
+    tracing::info!(%address, mode, ?probes, "listening");
+    Ok(listener)
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, StartupError> {
+    let config = serve_config(cli, args)?;
+    let guests = app::guest_runtime().context("starting the probe runtime")?;
+    let state = app::build_state(&config, guests.handle(), Lifecycle::default())?;
+    let http = http_runtime()?;
     let served: anyhow::Result<()> = http.block_on(async {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let address = listener.local_addr()?;
-        let probes: Vec<&str> = evaluator.probe_names().collect();
-        tracing::info!(%address, ?probes, "listening");
-        app::serve(&config, listener, evaluator, shutdown_signal()).await?;
+        let listener = bind(&config, &state).await?;
+        let stop = async {
+            shutdown_signal().await;
+            Stop::Drain
+        };
+        app::serve(&config, listener, state, stop).await?;
         tracing::info!("stopped");
         Ok(())
     });
@@ -404,16 +461,93 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, StartupError> {
     Ok(exit::OK)
 }
 
-/// SIGTERM (Kubernetes) or SIGINT (a terminal).
-async fn shutdown_signal() {
+/// `run`: serve while the application runs, and exit with its code.
+fn run_app(cli: &Cli, args: &RunArgs) -> Result<u8, StartupError> {
+    let config = serve_config(cli, &args.serve)?;
+    let alive = Arc::new(AtomicBool::new(true));
+    let port = if config.server.liveness_upstream {
+        Some(app::upstream_address(&config).context("resolving server.upstream")?)
+    } else {
+        None
+    };
+    let guests = app::guest_runtime().context("starting the probe runtime")?;
+    let state = app::build_state(
+        &config,
+        guests.handle(),
+        Lifecycle::supervising(alive.clone(), port),
+    )?;
+    let http = http_runtime()?;
+    let code: anyhow::Result<u8> = http.block_on(async {
+        let listener = bind(&config, &state).await?;
+        // Spawned here, on the main thread, which the parent-death signal follows.
+        let mut app = match child::command(&args.command).spawn() {
+            Ok(app) => app,
+            Err(e) => {
+                error(&format!("cannot run {}: {e}", args.command[0]));
+                return Ok(EXIT_CANNOT_RUN);
+            }
+        };
+        let pid = app.id();
+        tracing::info!(pid, command = ?args.command, "application started");
+        let (exited_tx, mut exited) = tokio::sync::watch::channel(None);
+        let watching = alive.clone();
+        tokio::spawn(async move {
+            let status = app.wait().await;
+            watching.store(false, Ordering::SeqCst);
+            let _ = exited_tx.send(Some(child::exit_code(status)));
+        });
+        let mut received = None;
+        let stop = async {
+            tokio::select! {
+                signal = shutdown_signal() => {
+                    received = Some(signal);
+                    Stop::Drain
+                }
+                _ = exited.changed() => {
+                    tracing::warn!(code = ?*exited.borrow(), "application exited");
+                    Stop::Now
+                }
+            }
+        };
+        app::serve(&config, listener, state, stop).await?;
+        if let Some(signal) = received {
+            // After the drain, pass the signal on and wait for the application.
+            child::signal_group(pid, signal);
+            let wait = exited.wait_for(Option::is_some);
+            if tokio::time::timeout(config.server.grace, wait)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "application did not exit within {:?}; killing it",
+                    config.server.grace
+                );
+                child::signal_group(pid, rustix::process::Signal::KILL);
+            }
+        }
+        let code = *exited
+            .wait_for(Option::is_some)
+            .await
+            .expect("the waiter reports once");
+        tracing::info!(code, "stopped");
+        Ok(code.unwrap_or(exit::FAILURE))
+    });
+    drop(http);
+    guests.shutdown_timeout(Duration::from_secs(1));
+    Ok(code?)
+}
+
+/// Wait for SIGTERM (Kubernetes) or SIGINT (a terminal); the one that came.
+async fn shutdown_signal() -> rustix::process::Signal {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let (name, signal) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", rustix::process::Signal::TERM),
+        _ = int.recv() => ("SIGINT", rustix::process::Signal::INT),
     };
     tracing::info!(signal = name, "shutting down");
+    signal
 }
 
 fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
@@ -428,7 +562,7 @@ fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
         // Liveness touches nothing: not the config, not a component, not a
         // dependency.
         ProbeMode::Live => (exit::OK, "Ok".to_owned()),
-        ProbeMode::Ready => match ready_once(cli) {
+        ProbeMode::Ready => match ready_once(cli, args.local) {
             Ok(Verdict::Ready) => (exit::OK, "Ok".to_owned()),
             Ok(Verdict::NotReady { message, .. }) => (exit::FAILURE, message),
             Err(StartupError::Config(e)) => {
@@ -448,14 +582,28 @@ fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {
     code
 }
 
-/// One readiness evaluation in this process, on a small runtime of its own.
-fn ready_once(cli: &Cli) -> Result<Verdict, StartupError> {
+/// The readiness answer: from the probehost serving this configuration if one
+/// answers (cheap: no component is loaded here), else from one evaluation in this
+/// process, on a small runtime of its own.
+fn ready_once(cli: &Cli, local: bool) -> Result<Verdict, StartupError> {
     let config = load_config(cli)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the probe runtime")?;
-    let evaluator = app::build_evaluator(&config, runtime.handle())?;
+    if !local && let Some((status, body)) = runtime.block_on(app::ask_running_server(&config)) {
+        return Ok(if status == 200 {
+            Verdict::Ready
+        } else {
+            Verdict::NotReady {
+                probe: String::new(),
+                status,
+                message: body,
+            }
+        });
+    }
+    let metrics = Arc::new(Metrics::new(config.probes.iter().map(|p| p.name.as_str())));
+    let evaluator = app::build_evaluator(&config, runtime.handle(), metrics)?;
     let verdict = runtime.block_on(evaluator.evaluate(None));
     drop(evaluator);
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -689,6 +837,7 @@ mod tests {
             live,
             health,
             quiet: false,
+            local: false,
         }
     }
 

@@ -6,11 +6,14 @@
 //! jobs} → {config, db, memcached}`. [`app`] is the only module that wires them.
 
 pub mod app;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod memcached;
+pub mod metrics;
 pub mod plugin;
+pub mod proxy;
 pub mod readiness;
 pub mod server;

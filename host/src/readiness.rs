@@ -1,24 +1,33 @@
-//! The readiness evaluator: the one seam between serving and deciding.
+//! Readiness: the one seam between serving and deciding.
 //!
-//! The HTTP routes and `probehost probe --ready` both ask [`Evaluator::evaluate`].
-//! It runs every configured probe concurrently on the guest runtime under one
-//! overall deadline and answers with the first failure in configured order, as
-//! soon as that is known (the probes before it have passed); the checks still
-//! running are then cancelled. It knows nothing of HTTP; it knows plugins only
-//! through [`Plugin::check`].
+//! An [`Evaluation`] runs every configured probe concurrently on the guest
+//! runtime under one overall deadline and publishes each probe's result as it
+//! comes. Whoever asks reads what it needs from it: the verdict (the first
+//! failure in configured order, known as soon as the probes before it have
+//! passed), one probe's result, or all of them. [`Readiness`] decides which
+//! evaluation a request reads: the one in flight if there is one (so a storm of
+//! requests is one evaluation, not a storm of database checks), a recent one
+//! within `readiness.cache_ttl`, or with `readiness.interval` the latest one a
+//! background loop produced.
+//!
+//! This module knows nothing of HTTP; it knows plugins only through
+//! [`Plugin::check`].
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::metrics::{CheckResult, Metrics};
 use crate::plugin::{CheckOutcome, Plugin, ProbeRequest};
 
 /// Extra time past the overall deadline for checks to report their own timeout
-/// before the evaluator stops waiting for them.
+/// before the evaluation stops waiting for them.
 const DEADLINE_GRACE: Duration = Duration::from_millis(50);
 
 /// The answer to a readiness check.
@@ -35,22 +44,188 @@ pub enum Verdict {
     },
 }
 
+/// One probe's result in an evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub name: String,
+    /// `None` when ready; else the status and message of the answer.
+    pub failure: Option<(u16, String)>,
+    pub duration: Duration,
+    kind: CheckResult,
+}
+
+impl ProbeResult {
+    pub fn is_ready(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    fn new(
+        plugin: &Plugin,
+        outcome: &CheckOutcome,
+        limit: Duration,
+        duration: Duration,
+    ) -> ProbeResult {
+        let probe = plugin.name();
+        let (kind, failure) = match outcome {
+            CheckOutcome::Ready => (CheckResult::Ready, None),
+            CheckOutcome::NotReady { message, status } => {
+                (CheckResult::NotReady, Some((*status, message.clone())))
+            }
+            CheckOutcome::TimedOut => (
+                CheckResult::Timeout,
+                Some((
+                    503,
+                    format!("{probe}: timed out after {}ms", limit.as_millis()),
+                )),
+            ),
+            CheckOutcome::MemoryExceeded { limit } => (
+                CheckResult::Memory,
+                Some((
+                    503,
+                    format!(
+                        "{probe}: exceeded its memory limit of {}",
+                        format_size(*limit)
+                    ),
+                )),
+            ),
+            CheckOutcome::Crashed(reason) => (
+                CheckResult::Crash,
+                Some((503, format!("{probe}: crashed: {reason}"))),
+            ),
+        };
+        ProbeResult {
+            name: probe.to_owned(),
+            failure,
+            duration,
+            kind,
+        }
+    }
+}
+
+type Slots = Vec<Option<Arc<ProbeResult>>>;
+
+/// A readiness evaluation, finished or in flight.
+#[derive(Debug)]
+pub struct Evaluation {
+    started: Instant,
+    results: watch::Receiver<Slots>,
+    finished: Arc<OnceLock<Instant>>,
+}
+
+impl Evaluation {
+    /// Time since it started.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether every probe has a result.
+    pub fn is_finished(&self) -> bool {
+        self.finished.get().is_some()
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.finished.get().copied()
+    }
+
+    /// Wait until `enough` holds for the results so far.
+    async fn wait(&self, enough: impl Fn(&Slots) -> bool) -> Slots {
+        let mut results = self.results.clone();
+        if let Ok(slots) = results.wait_for(|slots| enough(slots)).await {
+            return slots.clone();
+        }
+        // The driver is gone (the runtime is shutting down): what is there.
+        results.borrow().clone()
+    }
+
+    /// The verdict, ignoring the probes in `exclude`, as soon as it is known.
+    pub async fn verdict(&self, exclude: &[String]) -> Verdict {
+        let counts =
+            |r: &Option<Arc<ProbeResult>>| r.as_ref().is_none_or(|r| !exclude.contains(&r.name));
+        let slots = self
+            .wait(|slots| {
+                for slot in slots {
+                    match slot {
+                        None => return false,
+                        Some(r) if !r.is_ready() && counts(slot) => return true,
+                        Some(_) => {}
+                    }
+                }
+                true
+            })
+            .await;
+        for slot in &slots {
+            match slot {
+                Some(r) if counts(slot) => {
+                    if let Some((status, message)) = &r.failure {
+                        return Verdict::NotReady {
+                            probe: r.name.clone(),
+                            status: *status,
+                            message: message.clone(),
+                        };
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    return Verdict::NotReady {
+                        probe: String::new(),
+                        status: 503,
+                        message: "shutting down".into(),
+                    };
+                }
+            }
+        }
+        Verdict::Ready
+    }
+
+    /// Every probe's result, in configured order, once all are in.
+    pub async fn results(&self) -> Vec<Arc<ProbeResult>> {
+        self.wait(|slots| slots.iter().all(Option::is_some))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One probe's result, once it is in.
+    pub async fn result(&self, index: usize) -> Option<Arc<ProbeResult>> {
+        self.wait(|slots| slots.get(index).is_none_or(Option::is_some))
+            .await
+            .get(index)
+            .cloned()
+            .flatten()
+    }
+}
+
 /// Runs the configured probes.
 #[derive(Debug)]
 pub struct Evaluator {
     probes: Vec<Arc<Plugin>>,
     timeout: Duration,
     guests: Handle,
+    metrics: Arc<Metrics>,
+    /// Each probe's readiness after the last evaluation, to log changes only.
+    last: Mutex<Vec<Option<bool>>>,
+    /// Whether any evaluation has passed.
+    passed: AtomicBool,
 }
 
 impl Evaluator {
     /// `guests` is the runtime the probe checks run on; keeping it apart from the
     /// runtime that serves HTTP means no probe can delay a liveness answer.
-    pub fn new(probes: Vec<Plugin>, timeout: Duration, guests: Handle) -> Evaluator {
+    pub fn new(
+        probes: Vec<Plugin>,
+        timeout: Duration,
+        guests: Handle,
+        metrics: Arc<Metrics>,
+    ) -> Evaluator {
+        let n = probes.len();
         Evaluator {
             probes: probes.into_iter().map(Arc::new).collect(),
             timeout,
             guests,
+            metrics,
+            last: Mutex::new(vec![None; n]),
+            passed: AtomicBool::new(false),
         }
     }
 
@@ -59,9 +234,40 @@ impl Evaluator {
         self.probes.iter().map(|p| p.name())
     }
 
-    /// Check readiness, within the overall deadline.
-    pub async fn evaluate(&self, request: Option<ProbeRequest>) -> Verdict {
+    /// The position of the probe called `name`.
+    pub fn probe_index(&self, name: &str) -> Option<usize> {
+        self.probes.iter().position(|p| p.name() == name)
+    }
+
+    /// Start an evaluation on the guest runtime.
+    pub fn start(self: &Arc<Self>, request: Option<ProbeRequest>) -> Arc<Evaluation> {
         let started = Instant::now();
+        let (tx, rx) = watch::channel(vec![None; self.probes.len()]);
+        let finished = Arc::new(OnceLock::new());
+        let evaluation = Arc::new(Evaluation {
+            started,
+            results: rx,
+            finished: finished.clone(),
+        });
+        let this = self.clone();
+        self.guests.spawn(async move {
+            this.drive(request, started, tx).await;
+            let _ = finished.set(Instant::now());
+        });
+        evaluation
+    }
+
+    /// Check readiness once and return the verdict.
+    pub async fn evaluate(self: &Arc<Self>, request: Option<ProbeRequest>) -> Verdict {
+        self.start(request).verdict(&[]).await
+    }
+
+    async fn drive(
+        &self,
+        request: Option<ProbeRequest>,
+        started: Instant,
+        tx: watch::Sender<Slots>,
+    ) {
         let deadline = started + self.timeout;
         let request = request.map(Arc::new);
         let mut running: FuturesUnordered<_> = self
@@ -78,57 +284,167 @@ impl Evaluator {
             })
             .collect();
 
-        let mut outcomes: Vec<Option<CheckOutcome>> = vec![None; self.probes.len()];
-        let mut settled = 0;
         let give_up = tokio::time::sleep_until((deadline + DEADLINE_GRACE).into());
         tokio::pin!(give_up);
-        loop {
-            // Every probe before `settled` passed; the verdict is known once the
-            // probe at `settled` has an outcome.
-            while let Some(Some(outcome)) = outcomes.get(settled) {
-                if *outcome != CheckOutcome::Ready {
-                    return self.not_ready(settled, outcome);
-                }
-                settled += 1;
-            }
-            if settled == self.probes.len() {
-                return Verdict::Ready;
-            }
+        let mut pending = self.probes.len();
+        while pending > 0 {
             tokio::select! {
-                Some((index, outcome)) = running.next() => outcomes[index] = Some(outcome),
-                () = &mut give_up => return self.not_ready(settled, &CheckOutcome::TimedOut),
+                Some((index, outcome)) = running.next() => {
+                    self.publish(&tx, index, &outcome, started);
+                    pending -= 1;
+                }
+                () = &mut give_up => {
+                    // Whatever has not answered by now has timed out.
+                    for index in 0..self.probes.len() {
+                        if tx.borrow()[index].is_none() {
+                            self.publish(&tx, index, &CheckOutcome::TimedOut, started);
+                        }
+                    }
+                    break;
+                }
             }
         }
+        drop(running);
+        self.after(&tx.borrow());
     }
 
-    fn not_ready(&self, index: usize, outcome: &CheckOutcome) -> Verdict {
+    fn publish(
+        &self,
+        tx: &watch::Sender<Slots>,
+        index: usize,
+        outcome: &CheckOutcome,
+        started: Instant,
+    ) {
         let plugin = &self.probes[index];
-        let probe = plugin.name();
-        let (status, message) = match outcome {
-            CheckOutcome::Ready => unreachable!("a ready probe is not a failure"),
-            CheckOutcome::NotReady { message, status } => (*status, message.clone()),
-            CheckOutcome::TimedOut => {
-                let limit = plugin.timeout().min(self.timeout);
-                (
-                    503,
-                    format!("{probe}: timed out after {}ms", limit.as_millis()),
-                )
+        let limit = plugin.timeout().min(self.timeout);
+        let result = ProbeResult::new(plugin, outcome, limit, started.elapsed());
+        self.metrics
+            .record_check(index, result.kind, result.duration);
+        tx.send_modify(|slots| slots[index] = Some(Arc::new(result)));
+    }
+
+    /// Log each probe whose readiness changed, with the reason, and record the
+    /// overall answer.
+    fn after(&self, slots: &Slots) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all_ready = true;
+        for (index, slot) in slots.iter().enumerate() {
+            let Some(result) = slot else { continue };
+            let ready = result.is_ready();
+            all_ready &= ready;
+            if last[index] != Some(ready) {
+                match &result.failure {
+                    None => tracing::info!(probe = %result.name, "probe is ready"),
+                    Some((status, message)) => {
+                        tracing::warn!(probe = %result.name, status, reason = %message, "probe is not ready");
+                    }
+                }
+                last[index] = Some(ready);
             }
-            CheckOutcome::MemoryExceeded { limit } => (
-                503,
-                format!(
-                    "{probe}: exceeded its memory limit of {}",
-                    format_size(*limit)
-                ),
-            ),
-            CheckOutcome::Crashed(reason) => (503, format!("{probe}: crashed: {reason}")),
-        };
-        tracing::debug!(probe, status, %message, "not ready");
-        Verdict::NotReady {
-            probe: probe.to_owned(),
-            status,
-            message,
         }
+        if all_ready {
+            self.passed.store(true, Ordering::Relaxed);
+        }
+        self.metrics.record_evaluation(all_ready);
+    }
+}
+
+/// How readiness requests share evaluations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sharing {
+    /// Reuse a finished evaluation this young.
+    pub cache_ttl: Option<Duration>,
+    /// Evaluate in the background this often; requests read the latest result.
+    pub interval: Option<Duration>,
+}
+
+/// Readiness as the server sees it: shared evaluations, and whether it has ever
+/// been ready (for startup probes).
+#[derive(Debug)]
+pub struct Readiness {
+    evaluator: Arc<Evaluator>,
+    sharing: Sharing,
+    metrics: Arc<Metrics>,
+    /// The newest evaluation (finished or not).
+    newest: Mutex<Option<Arc<Evaluation>>>,
+    /// The newest finished evaluation, for background mode.
+    latest_finished: Mutex<Option<Arc<Evaluation>>>,
+}
+
+impl Readiness {
+    pub fn new(
+        evaluator: Arc<Evaluator>,
+        sharing: Sharing,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Readiness> {
+        Arc::new(Readiness {
+            evaluator,
+
+            sharing,
+            metrics,
+            newest: Mutex::new(None),
+            latest_finished: Mutex::new(None),
+        })
+    }
+
+    pub fn evaluator(&self) -> &Arc<Evaluator> {
+        &self.evaluator
+    }
+
+    /// Start the background loop when `readiness.interval` is set.
+    pub fn start_background(self: &Arc<Self>) {
+        let Some(interval) = self.sharing.interval else {
+            return;
+        };
+        let this = self.clone();
+        self.evaluator.guests.spawn(async move {
+            loop {
+                let evaluation = this.evaluator.start(None);
+                *this.newest.lock().unwrap_or_else(|e| e.into_inner()) = Some(evaluation.clone());
+                evaluation.results().await;
+                *this
+                    .latest_finished
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(evaluation);
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
+    /// The evaluation a readiness request should read.
+    pub fn evaluation(&self, request: Option<ProbeRequest>) -> Arc<Evaluation> {
+        let latest = self
+            .latest_finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.sharing.interval.is_some()
+            && let Some(latest) = latest
+        {
+            self.metrics.record_shared();
+            return latest;
+        }
+
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = newest.as_ref() {
+            let reusable = match current.finished_at() {
+                // In flight: join it.
+                None => true,
+                Some(at) => self.sharing.cache_ttl.is_some_and(|ttl| at.elapsed() < ttl),
+            };
+            if reusable || self.sharing.interval.is_some() {
+                self.metrics.record_shared();
+                return current.clone();
+            }
+        }
+        let evaluation = self.evaluator.start(request);
+        *newest = Some(evaluation.clone());
+        evaluation
+    }
+
+    /// Whether any evaluation has passed every probe (for startup probes).
+    pub fn has_passed(&self) -> bool {
+        self.evaluator.passed.load(Ordering::Relaxed)
     }
 }
 
@@ -145,7 +461,7 @@ pub fn format_size(bytes: usize) -> String {
     }
 }
 
-/// A spawned check that is cancelled when its verdict is no longer needed.
+/// A spawned check that is cancelled when it is no longer awaited.
 struct AbortOnDrop(JoinHandle<CheckOutcome>);
 
 impl AbortOnDrop {

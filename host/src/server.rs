@@ -1,76 +1,168 @@
-//! The HTTP side: routing probe requests and serving them.
+//! The HTTP side: routing, probe answers, and the serving loop.
 //!
-//! [`Routes::route`] and [`respond`] are plain functions of the request, testable without
-//! a socket; [`serve`] runs them on a bound listener until a shutdown signal.
 //! A request is a probe only if it is a `GET` whose path (without the query)
-//! equals a configured path exactly; health paths answer `Ok` without touching
-//! anything, ready paths ask the [`Evaluator`]. This module knows nothing of wasm.
+//! equals a configured path exactly. Health paths answer `Ok` without touching
+//! anything; ready paths read an evaluation from [`Readiness`]; startup paths
+//! answer 503 until readiness has passed once. In proxy mode everything else
+//! goes to the application ([`Upstream`]); otherwise it is a 404.
+//! [`Routes::route`] and [`answer`] are plain functions of the request,
+//! testable without a socket. This module knows nothing of wasm.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::ServerConfig;
+use crate::metrics::{Metrics, RouteLabel};
 use crate::plugin::ProbeRequest;
-use crate::readiness::{Evaluator, Verdict};
+use crate::proxy::{Body, Upstream, text};
+use crate::readiness::{ProbeResult, Readiness, Verdict};
 
-/// A client must send its request head within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests may take to finish after shutdown is asked for.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Largest request head accepted (HTTP/1 buffer).
+/// Largest request head accepted (HTTP/1 buffer); beyond it, 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long a liveness check waits for the upstream port to accept.
+const UPSTREAM_LIVENESS_TIMEOUT: Duration = Duration::from_millis(300);
+/// Marks probehost's own answers, so `probe --ready` can tell it is talking to
+/// probehost and not to an application on the same port.
+pub const ANSWERED_BY: &str = "x-probehost";
 
 /// What a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
-    Ready,
-    /// A probe path with a method other than GET.
+    /// A ready path; `Some(index)` for `/readyz/NAME`.
+    Ready(Option<usize>),
+    Startup,
+    Metrics,
+    /// `/readyz/NAME` for a probe that does not exist.
+    UnknownProbe(String),
+    /// A probe path with a method other than GET (standalone mode).
     MethodNotAllowed,
+    /// Proxy mode: for the application.
+    Upstream,
     NotFound,
 }
 
-/// The probe paths. There are a handful, so a scan beats hashing the path.
+/// The probe paths.
 #[derive(Debug, Clone)]
 pub struct Routes {
     ready: Vec<String>,
     health: Vec<String>,
+    startup: Vec<String>,
+    metrics: Option<String>,
+    probes: Vec<String>,
+    proxy: bool,
 }
 
 impl Routes {
-    pub fn new(config: &ServerConfig) -> Routes {
+    pub fn new(config: &ServerConfig, probes: Vec<String>) -> Routes {
         Routes {
             ready: config.ready_paths.clone(),
             health: config.health_paths.clone(),
+            startup: config.startup_paths.clone(),
+            metrics: config.metrics_path.clone(),
+            probes,
+            proxy: config.upstream.is_some(),
         }
     }
 
-    /// Route a request. A path in both lists is a health path.
+    /// Route a request. A path in several lists is, in this order, a health,
+    /// ready, startup or metrics path. There are a handful of paths: a scan
+    /// beats hashing.
     pub fn route(&self, method: &Method, path: &str) -> Route {
-        let probe = if self.health.iter().any(|p| p == path) {
+        let is = |paths: &[String]| paths.iter().any(|p| p == path);
+        let probe = if is(&self.health) {
             Route::Health
-        } else if self.ready.iter().any(|p| p == path) {
-            Route::Ready
+        } else if is(&self.ready) {
+            Route::Ready(None)
+        } else if is(&self.startup) {
+            Route::Startup
+        } else if self.metrics.as_deref() == Some(path) {
+            Route::Metrics
+        } else if let Some(name) = self
+            .ready
+            .iter()
+            .find_map(|p| path.strip_prefix(p.as_str())?.strip_prefix('/'))
+        {
+            match self.probes.iter().position(|p| p == name) {
+                Some(index) => Route::Ready(Some(index)),
+                None if self.proxy => return Route::Upstream,
+                None => Route::UnknownProbe(name.to_owned()),
+            }
+        } else if self.proxy {
+            return Route::Upstream;
         } else {
             return Route::NotFound;
         };
-        if method == Method::GET {
-            probe
-        } else {
-            Route::MethodNotAllowed
+        match (method == Method::GET, self.proxy) {
+            (true, _) => probe,
+            // Not a probe: the application's, in proxy mode.
+            (false, true) => Route::Upstream,
+            (false, false) => Route::MethodNotAllowed,
+        }
+    }
+}
+
+/// Process state the routes read: draining, and in `run` mode the application's
+/// life.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    draining: AtomicBool,
+    app: Option<AppLiveness>,
+}
+
+#[derive(Debug)]
+struct AppLiveness {
+    alive: Arc<AtomicBool>,
+    /// Also require this port to accept connections.
+    port: Option<SocketAddr>,
+}
+
+impl Lifecycle {
+    /// `run` mode: liveness follows `alive` (and `port`, when given).
+    pub fn supervising(alive: Arc<AtomicBool>, port: Option<SocketAddr>) -> Lifecycle {
+        Lifecycle {
+            draining: AtomicBool::new(false),
+            app: Some(AppLiveness { alive, port }),
+        }
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Why liveness fails, if it does.
+    async fn not_live(&self) -> Option<&'static str> {
+        let app = self.app.as_ref()?;
+        if !app.alive.load(Ordering::SeqCst) {
+            return Some("application is not running");
+        }
+        let port = app.port?;
+        match tokio::time::timeout(
+            UPSTREAM_LIVENESS_TIMEOUT,
+            tokio::net::TcpStream::connect(port),
+        )
+        .await
+        {
+            Ok(Ok(_)) => None,
+            _ => Some("application is not accepting connections"),
         }
     }
 }
@@ -79,31 +171,220 @@ impl Routes {
 #[derive(Debug)]
 pub struct AppState {
     pub routes: Routes,
-    pub evaluator: Evaluator,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Option<Upstream>,
+    /// Whether verbose and JSON answers include the probes' messages.
+    pub verbose: bool,
+    pub lifecycle: Lifecycle,
 }
 
-/// Answer one request.
-pub async fn respond<B>(state: &AppState, request: &Request<B>) -> Response<Full<Bytes>> {
-    match state.routes.route(request.method(), request.uri().path()) {
-        Route::Health => text(StatusCode::OK, "Ok"),
-        Route::Ready => match state.evaluator.evaluate(Some(probe_request(request))).await {
-            Verdict::Ready => text(StatusCode::OK, "Ok"),
-            Verdict::NotReady {
-                status, message, ..
-            } => text(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                message,
-            ),
+/// How a readiness answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Plain,
+    Verbose,
+    Json,
+}
+
+/// Answer a request that is not for the application.
+pub async fn answer<B>(state: &AppState, request: &Request<B>, route: &Route) -> Response<Body> {
+    let mut response = match route {
+        Route::Health => match state.lifecycle.not_live().await {
+            None => text(StatusCode::OK, "Ok"),
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
+        Route::Ready(probe) => ready(state, request, *probe).await,
+        Route::Startup => {
+            if state.readiness.has_passed() {
+                text(StatusCode::OK, "Ok")
+            } else {
+                ready(state, request, None).await
+            }
+        }
+        Route::Metrics => {
+            let mut response = text(StatusCode::OK, state.metrics.render());
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return response;
+        }
+        Route::UnknownProbe(name) => {
+            text(StatusCode::NOT_FOUND, format!("no probe named {name:?}"))
+        }
         Route::MethodNotAllowed => {
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
             response
                 .headers_mut()
-                .insert(ALLOW, http::HeaderValue::from_static("GET"));
+                .insert(ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        Route::Upstream | Route::NotFound => return text(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    response.headers_mut().insert(
+        ANSWERED_BY,
+        HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
+    response
+}
+
+async fn ready<B>(state: &AppState, request: &Request<B>, probe: Option<usize>) -> Response<Body> {
+    if state.lifecycle.is_draining() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let query = Query::parse(request.uri().query());
+    let format = if accepts_json(request) {
+        Format::Json
+    } else if query.verbose {
+        Format::Verbose
+    } else {
+        Format::Plain
+    };
+    let evaluation = state.readiness.evaluation(Some(probe_request(request)));
+    let age = evaluation.age();
+    match (format, probe) {
+        (Format::Plain, None) => match evaluation.verdict(&query.exclude).await {
+            Verdict::Ready => text(StatusCode::OK, "Ok"),
+            Verdict::NotReady {
+                status, message, ..
+            } => text(status_code(status), message),
+        },
+        (Format::Plain, Some(index)) => match evaluation.result(index).await {
+            Some(result) => match &result.failure {
+                None => text(StatusCode::OK, "Ok"),
+                Some((status, message)) => text(status_code(*status), message.clone()),
+            },
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        },
+        (format, probe) => {
+            let mut results = evaluation.results().await;
+            if let Some(index) = probe {
+                results = results.into_iter().skip(index).take(1).collect();
+            }
+            let failed = results
+                .iter()
+                .find(|r| !r.is_ready() && !query.exclude.contains(&r.name))
+                .and_then(|r| r.failure.as_ref());
+            let status = failed.map_or(StatusCode::OK, |(status, _)| status_code(*status));
+            let body = match format {
+                Format::Json => json(&results, &query.exclude, age, state.verbose),
+                _ => verbose(&results, &query.exclude, state.verbose),
+            };
+            let mut response = text(status, body);
+            if format == Format::Json {
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
             response
         }
-        Route::NotFound => text(StatusCode::NOT_FOUND, "Not Found"),
     }
+}
+
+fn status_code(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+fn accepts_json<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"))
+}
+
+/// The query parameters a readiness request understands.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Query {
+    verbose: bool,
+    exclude: Vec<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        let mut parsed = Query::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "verbose" => parsed.verbose = true,
+                "exclude" => parsed.exclude.push(percent_decode(value)),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+fn percent_decode(value: &str) -> String {
+    url::form_urlencoded::parse(format!("v={value}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The Kubernetes API server's verbose format: a line per probe, then a verdict.
+fn verbose(results: &[Arc<ProbeResult>], exclude: &[String], detail: bool) -> String {
+    let mut body = String::new();
+    let mut failed = false;
+    for result in results {
+        let excluded = exclude.contains(&result.name);
+        match (&result.failure, excluded) {
+            (None, false) => body.push_str(&format!("[+]{} ok\n", result.name)),
+            (_, true) => body.push_str(&format!("[+]{} excluded: ok\n", result.name)),
+            (Some((_, message)), false) => {
+                failed = true;
+                let reason = if detail {
+                    message.as_str()
+                } else {
+                    "reason withheld"
+                };
+                body.push_str(&format!("[-]{} failed: {reason}\n", result.name));
+            }
+        }
+    }
+    body.push_str(if failed {
+        "readiness check failed\n"
+    } else {
+        "readiness check passed\n"
+    });
+    body
+}
+
+fn json(results: &[Arc<ProbeResult>], exclude: &[String], age: Duration, detail: bool) -> String {
+    let probes: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let excluded = exclude.contains(&r.name);
+            let status = match (&r.failure, excluded) {
+                (_, true) => "excluded",
+                (None, false) => "ok",
+                (Some(_), false) => "failed",
+            };
+            let mut probe = serde_json::json!({
+                "name": r.name,
+                "status": status,
+                "duration_ms": r.duration.as_secs_f64() * 1000.0,
+            });
+            if let Some((code, message)) = &r.failure
+                && detail
+            {
+                probe["message"] = message.as_str().into();
+                probe["http_status"] = (*code).into();
+            }
+            probe
+        })
+        .collect();
+    let ready = results
+        .iter()
+        .all(|r| r.is_ready() || exclude.contains(&r.name));
+    serde_json::json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "probes": probes,
+        "age_ms": age.as_secs_f64() * 1000.0,
+    })
+    .to_string()
 }
 
 fn probe_request<B>(request: &Request<B>) -> ProbeRequest {
@@ -124,56 +405,137 @@ fn probe_request<B>(request: &Request<B>) -> ProbeRequest {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-    headers.insert(CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+fn route_label(route: &Route) -> RouteLabel {
+    match route {
+        Route::Health => RouteLabel::Health,
+        Route::Ready(_) => RouteLabel::Ready,
+        Route::Startup => RouteLabel::Startup,
+        Route::Metrics => RouteLabel::Metrics,
+        Route::Upstream => RouteLabel::Upstream,
+        Route::UnknownProbe(_) | Route::MethodNotAllowed | Route::NotFound => RouteLabel::Other,
+    }
+}
+
+/// Handle one request: answer it or forward it.
+async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let route = state.routes.route(request.method(), request.uri().path());
+    let response = match (&route, &state.upstream) {
+        (Route::Upstream, Some(upstream)) => upstream.forward(request, peer).await,
+        _ => answer(&state, &request, &route).await,
+    };
+    state
+        .metrics
+        .record_request(route_label(&route), response.status().as_u16());
     response
 }
 
-/// Serve `state` on `listener` until `shutdown` completes, then stop accepting and
-/// let in-flight requests finish (bounded by a grace period).
+/// How the serving loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: answer readiness with 503 for `drain`, then close the listener
+    /// and let in-flight requests finish.
+    Drain,
+    /// Stop accepting at once (the supervised application is gone).
+    Now,
+}
+
+/// Timing and limits of the serving loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    pub drain: Duration,
+    pub grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ServeOptions {
+    pub fn new(config: &ServerConfig) -> ServeOptions {
+        ServeOptions {
+            drain: config.drain,
+            grace: config.grace,
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections,
+        }
+    }
+}
+
+/// Serve `state` on `listener` until `stop` completes; then drain if asked,
+/// close the listener, and let in-flight requests finish within the grace
+/// period.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+    stop: impl Future<Output = Stop>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
+    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
+    // Connections beyond the limit wait in the kernel's backlog.
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    tokio::pin!(stop);
 
+    // Armed when draining starts.
+    let drained = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(drained);
+    let mut draining = false;
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather
-                    // than spin or exit.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let accept = async {
+            let slot = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            (slot, listener.accept().await)
+        };
+        let (slot, accepted) = tokio::select! {
+            accepted = accept => accepted,
+            how = &mut stop, if !draining => {
+                match how {
+                    Stop::Now => break,
+                    Stop::Drain => {
+                        tracing::info!(drain = ?options.drain, "draining: readiness answers 503 until the listener closes");
+                        state.lifecycle.start_draining();
+                        draining = true;
+                        drained.as_mut().reset(tokio::time::Instant::now() + options.drain);
+                        continue;
+                    }
                 }
-            },
-            () = &mut shutdown => break,
+            }
+            () = &mut drained, if draining => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment rather
+                // than spin or exit.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
+        let stream = FirstByteDeadline::new(stream, options.header_read_timeout);
         let state = state.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(respond(&state, &request).await) }
+            async move { Ok::<_, Infallible>(handle(state, request, peer).await) }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended with an error: {e}");
             }
@@ -181,40 +543,121 @@ pub async fn serve(
     }
 
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(options.grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not finish within {SHUTDOWN_GRACE:?}");
+        tracing::warn!("some connections did not finish within {:?}", options.grace);
     }
     Ok(())
 }
 
+/// A connection that must send its first byte within a deadline.
+///
+/// The HTTP/1-or-2 detection reads the first bytes before hyper's own header
+/// timer starts, so without this a client that connects and sends nothing would
+/// hold a connection slot forever. After the first byte the stream is
+/// transparent: hyper's timers (and, once upgraded, nobody's) apply.
+struct FirstByteDeadline<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> FirstByteDeadline<S> {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some(deadline) = self.deadline.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::{DEFAULT_HEALTH_PATHS, DEFAULT_READY_PATHS};
 
-    fn routes() -> Routes {
-        Routes::new(&ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ready_paths: DEFAULT_READY_PATHS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            health_paths: DEFAULT_HEALTH_PATHS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-        })
+    use super::*;
+
+    fn config(proxy: bool) -> ServerConfig {
+        let env = std::collections::HashMap::new();
+        let mut server = crate::config::Config::defaults(&env).server;
+        if proxy {
+            server.upstream = Some("http://127.0.0.1:8000".into());
+            server.metrics_path = None;
+        }
+        server
+    }
+
+    fn routes(proxy: bool) -> Routes {
+        Routes::new(&config(proxy), vec!["database".into(), "memcached".into()])
     }
 
     #[test]
     fn only_exact_get_paths_are_probes() {
-        let r = routes();
+        let r = routes(false);
         assert_eq!(r.route(&Method::GET, "/livez"), Route::Health);
         assert_eq!(r.route(&Method::GET, "/healthz"), Route::Health);
-        assert_eq!(r.route(&Method::GET, "/readyz"), Route::Ready);
+        assert_eq!(r.route(&Method::GET, "/readyz"), Route::Ready(None));
+        assert_eq!(r.route(&Method::GET, "/startupz"), Route::Startup);
+        assert_eq!(r.route(&Method::GET, "/metrics"), Route::Metrics);
         assert_eq!(r.route(&Method::GET, "/livez/"), Route::NotFound);
         assert_eq!(r.route(&Method::GET, "/LIVEZ"), Route::NotFound);
         assert_eq!(r.route(&Method::GET, "/"), Route::NotFound);
@@ -224,12 +667,58 @@ mod tests {
     }
 
     #[test]
-    fn a_path_in_both_lists_is_health() {
-        let r = Routes::new(&ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ready_paths: vec!["/status".into()],
-            health_paths: vec!["/status".into()],
-        });
+    fn single_probes_have_their_own_path() {
+        let r = routes(false);
+        assert_eq!(
+            r.route(&Method::GET, "/readyz/memcached"),
+            Route::Ready(Some(1))
+        );
+        assert_eq!(
+            r.route(&Method::GET, "/readyz/redis"),
+            Route::UnknownProbe("redis".into())
+        );
+        assert_eq!(
+            r.route(&Method::GET, "/readyz/"),
+            Route::UnknownProbe(String::new())
+        );
+    }
+
+    #[test]
+    fn in_proxy_mode_everything_else_is_the_applications() {
+        let r = routes(true);
+        assert_eq!(r.route(&Method::GET, "/readyz"), Route::Ready(None));
+        assert_eq!(
+            r.route(&Method::POST, "/readyz"),
+            Route::Upstream,
+            "not a probe"
+        );
+        assert_eq!(
+            r.route(&Method::GET, "/metrics"),
+            Route::Upstream,
+            "off in proxy mode"
+        );
+        assert_eq!(r.route(&Method::GET, "/readyz/redis"), Route::Upstream);
+        assert_eq!(r.route(&Method::GET, "/admin/"), Route::Upstream);
+    }
+
+    #[test]
+    fn a_path_in_several_lists_is_health_first() {
+        let mut server = config(false);
+        server.ready_paths = vec!["/status".into()];
+        server.health_paths = vec!["/status".into()];
+        let r = Routes::new(&server, vec![]);
         assert_eq!(r.route(&Method::GET, "/status"), Route::Health);
+    }
+
+    #[test]
+    fn queries_name_verbosity_and_exclusions() {
+        assert_eq!(Query::parse(None), Query::default());
+        assert_eq!(
+            Query::parse(Some("verbose&exclude=memcached&exclude=re%64is&x=1")),
+            Query {
+                verbose: true,
+                exclude: vec!["memcached".into(), "redis".into()]
+            }
+        );
     }
 }

@@ -11,5 +11,6 @@ mod component_cache;
 mod config_errors;
 mod jobs;
 mod probe_cli;
+mod production;
 mod sandbox;
 mod serve;

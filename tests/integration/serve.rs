@@ -229,7 +229,7 @@ fn only_exact_get_requests_on_probe_paths_are_probes() {
     ));
     let server = Server::start(&config);
     assert_eq!(server.get("/livez?x=1").status, 200);
-    assert_eq!(server.get("/readyz?verbose&x=1").body, "Ok");
+    assert_eq!(server.get("/readyz?x=1&y").body, "Ok");
     assert_eq!(server.get("/livez/").status, 404);
     assert_eq!(server.get("/LIVEZ").status, 404);
     assert_eq!(server.get("/").status, 404);

@@ -24,6 +24,17 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_READY_PATHS: &[&str] = &["/readyz"];
 /// The original's health (liveness) paths.
 pub const DEFAULT_HEALTH_PATHS: &[&str] = &["/healthz", "/livez"];
+/// Kubernetes startup probes' path.
+pub const DEFAULT_STARTUP_PATHS: &[&str] = &["/startupz"];
+/// Prometheus metrics, in standalone mode.
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Long enough for Kubernetes to take the pod out of its endpoints.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// Overall readiness deadline: below Kubernetes' default 1 s probe timeout, so
 /// the answer is a 503 with a reason rather than a probe timeout.
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_millis(800);
@@ -70,12 +81,36 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub ready_paths: Vec<String>,
     pub health_paths: Vec<String>,
+    /// Paths that answer 503 until readiness has passed once, then 200.
+    pub startup_paths: Vec<String>,
+    /// Where Prometheus metrics are served; `None` for nowhere.
+    pub metrics_path: Option<String>,
+    /// Proxy mode: the application's `http://host:port`.
+    pub upstream: Option<String>,
+    /// How long the application may take to start answering a request.
+    pub upstream_timeout: Duration,
+    /// After SIGTERM: how long readiness answers 503 before the listener closes.
+    pub drain: Duration,
+    /// After the drain: how long in-flight requests may take to finish.
+    pub grace: Duration,
+    /// How long a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Whether `?verbose` and JSON answers include probes' messages.
+    pub verbose: bool,
+    /// `run`: liveness also needs the upstream port to accept connections.
+    pub liveness_upstream: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadinessConfig {
     /// Overall deadline of one evaluation.
     pub timeout: Duration,
+    /// Reuse a finished evaluation this young.
+    pub cache_ttl: Option<Duration>,
+    /// Evaluate in the background this often; requests read the latest result.
+    pub interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -28,8 +28,22 @@ const TOP_KEYS: &[&str] = &[
     "jobs",
     "runtime",
 ];
-const SERVER_KEYS: &[&str] = &["listen", "ready_paths", "health_paths"];
-const READINESS_KEYS: &[&str] = &["timeout"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "ready_paths",
+    "health_paths",
+    "startup_paths",
+    "metrics_path",
+    "upstream",
+    "upstream_timeout",
+    "drain",
+    "grace",
+    "header_read_timeout",
+    "max_connections",
+    "verbose",
+    "liveness_upstream",
+];
+const READINESS_KEYS: &[&str] = &["timeout", "cache_ttl", "interval"];
 const DATABASE_KEYS: &[&str] = &["url", "connect_timeout", "query_timeout"];
 const CACHE_KEYS: &[&str] = &["servers", "timeout"];
 const PROBE_KEYS: &[&str] = &[
@@ -100,16 +114,15 @@ impl<'a> Parser<'a> {
         let get = |key: &str| top.and_then(|t| t.get(key));
 
         let server = self.server(get("server"));
+        let readiness_table =
+            get("readiness").and_then(|i| self.table(i, "readiness", READINESS_KEYS));
+        let readiness_field = |parser: &mut Self, field: &str| {
+            readiness_table.and_then(|t| parser.field(t, "readiness", field, Self::duration))
+        };
         let readiness = ReadinessConfig {
-            timeout: self
-                .opt(
-                    get("readiness"),
-                    "readiness",
-                    READINESS_KEYS,
-                    "timeout",
-                    Self::duration,
-                )
-                .unwrap_or(DEFAULT_READINESS_TIMEOUT),
+            timeout: readiness_field(self, "timeout").unwrap_or(DEFAULT_READINESS_TIMEOUT),
+            cache_ttl: readiness_field(self, "cache_ttl"),
+            interval: readiness_field(self, "interval"),
         };
         let databases = self.databases(get("databases"));
         let caches = self.caches(get("caches"));
@@ -148,10 +161,98 @@ impl<'a> Parser<'a> {
         };
         let ready_paths = paths("ready_paths", DEFAULT_READY_PATHS);
         let health_paths = paths("health_paths", DEFAULT_HEALTH_PATHS);
+        let startup_paths = paths("startup_paths", DEFAULT_STARTUP_PATHS);
+        let upstream = table
+            .and_then(|t| t.get("upstream"))
+            .and_then(|i| self.upstream(i, "server.upstream"));
+
+        let metrics_path = match table.and_then(|t| t.get("metrics_path")) {
+            // Off by default in proxy mode, where every other path is the app's.
+            None if upstream.is_some() => None,
+            None => Some(DEFAULT_METRICS_PATH.to_owned()),
+            Some(i) => match self.string(i, "server.metrics_path") {
+                Some((path, _)) if path.is_empty() => None,
+                Some((path, _)) if path.starts_with('/') => Some(path),
+                Some((path, span)) => {
+                    self.problem(
+                        span,
+                        "server.metrics_path",
+                        format!("{path:?} is not a URL path (or \"\" for none)"),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let duration = |parser: &mut Self, key: &str, default: Duration| {
+            table
+                .and_then(|t| parser.field(t, "server", key, Self::duration))
+                .unwrap_or(default)
+        };
+        let upstream_timeout = duration(self, "upstream_timeout", DEFAULT_UPSTREAM_TIMEOUT);
+        let drain = duration(self, "drain", DEFAULT_DRAIN);
+        let grace = duration(self, "grace", DEFAULT_GRACE);
+        let header_read_timeout =
+            duration(self, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT);
+        let max_connections = table
+            .and_then(|t| self.field(t, "server", "max_connections", Self::integer))
+            .map(|n| usize::try_from(n).unwrap_or(0).max(1))
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let flag = |parser: &mut Self, key: &str, default: bool| {
+            table
+                .and_then(|t| t.get(key))
+                .and_then(|i| parser.boolean(i, &format!("server.{key}")))
+                .unwrap_or(default)
+        };
+        let verbose = flag(self, "verbose", true);
+        let liveness_upstream = flag(self, "liveness_upstream", false);
+        if liveness_upstream && upstream.is_none() {
+            let span = table
+                .and_then(|t| t.get("liveness_upstream"))
+                .and_then(Item::span);
+            self.problem(
+                span,
+                "server.liveness_upstream",
+                "needs `server.upstream`, the port to check",
+            );
+        }
+
         ServerConfig {
             listen,
             ready_paths,
             health_paths,
+            startup_paths,
+            metrics_path,
+            upstream,
+            upstream_timeout,
+            drain,
+            grace,
+            header_read_timeout,
+            max_connections,
+            verbose,
+            liveness_upstream,
+        }
+    }
+
+    /// An `http://host:port` URL (no path): where the application listens.
+    fn upstream(&mut self, item: &Item, key: &str) -> Option<String> {
+        let (value, span) = self.string(item, key)?;
+        let parsed = url::Url::parse(&value);
+        let valid = parsed.as_ref().is_ok_and(|u| {
+            u.scheme() == "http"
+                && u.host_str().is_some()
+                && matches!(u.path(), "" | "/")
+                && u.query().is_none()
+        });
+        if valid {
+            Some(value.trim_end_matches('/').to_owned())
+        } else {
+            self.problem(
+                span,
+                key,
+                format!("{value:?} is not an http://host:port URL"),
+            );
+            None
         }
     }
 
@@ -509,19 +610,6 @@ impl<'a> Parser<'a> {
             }
         }
         Some(table)
-    }
-
-    /// An optional field of an optional table.
-    fn opt<T>(
-        &mut self,
-        item: Option<&Item>,
-        key: &str,
-        allowed: &[&str],
-        field: &str,
-        read: fn(&mut Self, &Item, &str) -> Option<T>,
-    ) -> Option<T> {
-        let table = self.table(item?, key, allowed)?;
-        self.field(table, key, field, read)
     }
 
     fn field<T>(

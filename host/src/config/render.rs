@@ -28,10 +28,30 @@ pub(super) fn render(config: &Config) -> String {
     server["listen"] = value(config.server.listen.to_string());
     server["ready_paths"] = value(strings(&config.server.ready_paths));
     server["health_paths"] = value(strings(&config.server.health_paths));
+    let s = &config.server;
+    server["startup_paths"] = value(strings(&s.startup_paths));
+    server["metrics_path"] = value(s.metrics_path.as_deref().unwrap_or(""));
+    if let Some(upstream) = &s.upstream {
+        server["upstream"] = value(upstream.as_str());
+        server["upstream_timeout"] = value(duration(s.upstream_timeout));
+    }
+    server["drain"] = value(duration(s.drain));
+    server["grace"] = value(duration(s.grace));
+    server["header_read_timeout"] = value(duration(s.header_read_timeout));
+    server["max_connections"] = value(i64::try_from(s.max_connections).unwrap_or(i64::MAX));
+    server["verbose"] = value(s.verbose);
+    server["liveness_upstream"] = value(s.liveness_upstream);
     doc["server"] = Item::Table(server);
 
     let mut readiness = Table::new();
     readiness["timeout"] = value(duration(config.readiness.timeout));
+    if let Some(ttl) = config.readiness.cache_ttl {
+        readiness["cache_ttl"] = value(duration(ttl));
+    }
+    if let Some(interval) = config.readiness.interval {
+        readiness["interval"] = value(duration(interval));
+    }
+
     doc["readiness"] = Item::Table(readiness);
 
     let mut databases = Table::new();

@@ -6,14 +6,14 @@
 //! so a killed holder never leaves a migration running unlocked. While it runs, the lock's connection is checked; if it is lost, the
 //! command is stopped, because another replica may already hold the lock.
 
-use std::process::ExitStatus;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process_group};
-use tokio::process::{Child, Command};
+use rustix::process::Signal;
+use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::lock::MigrationLock;
+use crate::child::{self, exit_code, signal_group};
 
 /// How often the lock's connection is checked while the command runs.
 const LOCK_CHECK: Duration = Duration::from_secs(2);
@@ -48,7 +48,7 @@ async fn supervise(lock: &mut MigrationLock, command: &[String]) -> Ended {
         Ok(child) => child,
         Err(e) => return Ended::CannotRun(format!("cannot run {}: {e}", command[0])),
     };
-    let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let pid = child.id();
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -62,8 +62,8 @@ async fn supervise(lock: &mut MigrationLock, command: &[String]) -> Ended {
     loop {
         tokio::select! {
             status = child.wait() => return Ended::Exited(exit_code(status)),
-            _ = term.recv() => forward(pid, Signal::TERM),
-            _ = int.recv() => forward(pid, Signal::INT),
+            _ = term.recv() => signal_group(pid, Signal::TERM),
+            _ = int.recv() => signal_group(pid, Signal::INT),
             _ = check.tick() => {
                 if let Err(reason) = lock.check(LOCK_CHECK_TIMEOUT).await {
                     stop(&mut child, pid).await;
@@ -75,59 +75,17 @@ async fn supervise(lock: &mut MigrationLock, command: &[String]) -> Ended {
 }
 
 fn spawn(command: &[String]) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]).process_group(0).kill_on_drop(false);
-    die_with_parent(&mut cmd);
-    cmd.spawn()
-}
-
-/// Make the child receive SIGKILL if probehost dies. The signal follows the
-/// thread that forked, so the job runs on a single-threaded runtime (the main
-/// thread), which lives as long as the process.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    let parent = rustix::process::getpid();
-    // SAFETY: the closure runs between fork and exec and only makes the prctl
-    // and getppid system calls, which are async-signal-safe; it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            // The parent may have died before the prctl took effect.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(std::io::Error::other("parent exited"));
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Signal the command's process group (its id is the command's pid).
-fn forward(group: Option<Pid>, signal: Signal) {
-    if let Some(group) = group {
-        let _ = kill_process_group(group, signal);
-    }
+    child::command(command).spawn()
 }
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`], to the whole group.
-async fn stop(child: &mut Child, group: Option<Pid>) {
-    forward(group, Signal::TERM);
+async fn stop(child: &mut Child, pid: Option<u32>) {
+    signal_group(pid, Signal::TERM);
     if tokio::time::timeout(STOP_GRACE, child.wait())
         .await
         .is_err()
     {
-        forward(group, Signal::KILL);
+        signal_group(pid, Signal::KILL);
         let _ = child.wait().await;
-    }
-}
-
-fn exit_code(status: std::io::Result<ExitStatus>) -> u8 {
-    use std::os::unix::process::ExitStatusExt as _;
-    match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => u8::try_from(code).unwrap_or(1),
-            (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
-            (None, None) => 1,
-        },
-        Err(_) => 1,
     }
 }

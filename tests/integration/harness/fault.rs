@@ -26,6 +26,9 @@ struct Shared {
     target: SocketAddr,
     mode: AtomicU8,
     accepted: AtomicUsize,
+    /// Reads from clients forwarded to the target: about one per request
+    /// message a database client sends.
+    messages: AtomicUsize,
     stop: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
 }
@@ -45,6 +48,7 @@ impl FaultProxy {
             target,
             mode: AtomicU8::new(mode as u8),
             accepted: AtomicUsize::new(0),
+            messages: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
         });
@@ -71,6 +75,11 @@ impl FaultProxy {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Reads forwarded from clients to the target so far.
+    pub fn messages(&self) -> usize {
+        self.shared.messages.load(Ordering::SeqCst)
     }
 }
 
@@ -124,8 +133,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     client.try_clone().unwrap(),
                     server.try_clone().unwrap(),
                     shared.clone(),
+                    true,
                 );
-                pump(server, client, shared.clone());
+                pump(server, client, shared.clone(), false);
             }
         }
     }
@@ -133,7 +143,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Copy `from` → `to` until either side closes; bytes that arrive while the proxy
 /// is frozen are held back (never delivered).
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, from_client: bool) {
     thread::spawn(move || {
         let mut buffer = [0u8; 16 * 1024];
         loop {
@@ -141,6 +151,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if from_client {
+                shared.messages.fetch_add(1, Ordering::SeqCst);
+            }
             while mode(&shared) == Mode::Freeze && !shared.stop.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(10));
             }

@@ -30,9 +30,19 @@ pub fn get(address: SocketAddr, path: &str) -> Response {
 
 /// `METHOD path` with no body; the connection is closed after the answer.
 pub fn request(address: SocketAddr, method: &str, path: &str) -> Response {
+    try_request(address, method, path)
+        .unwrap_or_else(|e| panic!("{method} {path} at {address}: {e}"))
+}
+
+/// `GET path`, or why there was no answer (refused, reset, not HTTP).
+pub fn try_get(address: SocketAddr, path: &str) -> Result<Response, String> {
+    try_request(address, "GET", path)
+}
+
+fn try_request(address: SocketAddr, method: &str, path: &str) -> Result<Response, String> {
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connecting to probehost at {address}: {e}"));
+        .map_err(|e| format!("connecting: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
@@ -40,14 +50,14 @@ pub fn request(address: SocketAddr, method: &str, path: &str) -> Response {
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nX-Probe: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
+    .map_err(|e| format!("sending: {e}"))?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("reading the answer to {method} {path}: {e}"));
+        .map_err(|e| format!("reading the answer: {e}"))?;
     let elapsed = started.elapsed();
     parse(&raw, elapsed)
-        .unwrap_or_else(|| panic!("not an HTTP answer: {:?}", String::from_utf8_lossy(&raw)))
+        .ok_or_else(|| format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&raw)))
 }
 
 fn parse(raw: &[u8], elapsed: Duration) -> Option<Response> {

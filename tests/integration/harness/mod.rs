@@ -12,6 +12,7 @@ mod fault;
 mod http;
 mod memcached;
 mod process;
+mod upstream;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -20,9 +21,10 @@ use std::time::Duration;
 
 pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
-pub use http::{Response, get, request};
+pub use http::{Response, get, request, try_get};
 pub use memcached::Memcached;
 pub use process::{Background, Output, Server, probehost, run};
+pub use upstream::Upstream;
 
 /// The `probehost` binary under test.
 pub const PROBEHOST: &str = env!("CARGO_BIN_EXE_probehost");
@@ -178,4 +180,16 @@ pub fn assert_not_ready_in_time_while_live(
         *slowest < Duration::from_millis(200),
         "a /livez answer took {slowest:?} during readiness"
     );
+}
+
+/// Send `raw` bytes on a new connection and read until the server closes it or
+/// `limit` passes; returns what was read (lossy UTF-8).
+pub fn raw_exchange(address: SocketAddr, raw: &[u8], limit: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    stream.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -134,16 +134,26 @@ impl Server {
     }
 
     /// SIGTERM, then wait (at most 15 s) for it to exit.
-    pub fn terminate(mut self) -> ExitStatus {
-        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::TERM).unwrap();
-        let until = Instant::now() + Duration::from_secs(15);
+    pub fn terminate(self) -> ExitStatus {
+        self.signal(Signal::TERM);
+        self.wait(Duration::from_secs(15))
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), signal).unwrap();
+    }
+
+    /// Wait (at most `limit`) for it to exit.
+    pub fn wait(mut self, limit: Duration) -> ExitStatus {
+        let until = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < until,
-                "probehost did not exit after SIGTERM"
+                "probehost did not exit within {limit:?}; log:\n{}",
+                self.log()
             );
             thread::sleep(Duration::from_millis(20));
         }

@@ -1,0 +1,192 @@
+//! Verbose, JSON, per-probe, startup and metrics answers.
+
+use std::time::Duration;
+
+use super::{config, test_probe};
+use crate::harness::*;
+
+fn two_probes(server_extra: &str) -> (TestDir, Server) {
+    let dir = TestDir::new();
+    let probes = format!(
+        "{}{}",
+        test_probe("alpha", "action = \"ready\""),
+        test_probe(
+            "beta",
+            "action = \"not-ready\", message = \"beta: down\", status = 503"
+        )
+    );
+    let server = Server::start(&config(&dir, server_extra, &probes));
+    (dir, server)
+}
+
+fn json(server: &Server, path: &str) -> (String, serde_json::Value) {
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_exchange(server.address, raw.as_bytes(), Duration::from_secs(5));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn verbose_lists_every_probe_then_a_verdict() {
+    let (_dir, server) = two_probes("");
+    let response = server.get("/readyz?verbose");
+    assert_eq!(response.status, 503);
+    assert_eq!(
+        response.body,
+        "[+]alpha ok\n[-]beta failed: beta: down\nreadiness check failed\n"
+    );
+    let response = server.get("/readyz?verbose&exclude=beta");
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.body,
+        "[+]alpha ok\n[+]beta excluded: ok\nreadiness check passed\n"
+    );
+    // Without `verbose` the bodies stay exactly the original's.
+    assert_eq!(server.get("/readyz").body, "beta: down");
+    let excluded = server.get("/readyz?exclude=beta");
+    assert_eq!((excluded.status, excluded.body.as_str()), (200, "Ok"));
+}
+
+#[test]
+fn one_probe_has_its_own_path() {
+    let (_dir, server) = two_probes("");
+    let alpha = server.get("/readyz/alpha");
+    assert_eq!((alpha.status, alpha.body.as_str()), (200, "Ok"));
+    let beta = server.get("/readyz/beta");
+    assert_eq!((beta.status, beta.body.as_str()), (503, "beta: down"));
+    let verbose = server.get("/readyz/beta?verbose");
+    assert_eq!(
+        verbose.body,
+        "[-]beta failed: beta: down\nreadiness check failed\n"
+    );
+    let missing = server.get("/readyz/gamma");
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, "no probe named \"gamma\"")
+    );
+}
+
+#[test]
+fn json_gives_each_probes_status_message_and_duration() {
+    let (_dir, server) = two_probes("");
+    let (head, document) = json(&server, "/readyz");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(document["status"], "not ready");
+    assert_eq!(document["probes"][0]["name"], "alpha");
+    assert_eq!(document["probes"][0]["status"], "ok");
+    assert_eq!(document["probes"][1]["status"], "failed");
+    assert_eq!(document["probes"][1]["message"], "beta: down");
+    assert!(document["probes"][1]["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(document["age_ms"].as_f64().is_some());
+}
+
+#[test]
+fn verbose_detail_can_be_withheld() {
+    let (_dir, server) = two_probes("verbose = false");
+    assert_eq!(
+        server.get("/readyz?verbose").body,
+        "[+]alpha ok\n[-]beta failed: reason withheld\nreadiness check failed\n"
+    );
+    let (_, document) = json(&server, "/readyz");
+    assert_eq!(document["probes"][1].get("message"), None);
+}
+
+#[test]
+fn startup_fails_until_ready_once_then_passes_for_good() {
+    require(Service::Postgres);
+    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
+    let dir = TestDir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[databases.default]\nurl = {:?}\n",
+            postgres_url(postgres.address())
+        ),
+    );
+    let server = Server::start(&config);
+    let startup = server.get("/startupz");
+    assert_eq!(
+        (startup.status, startup.body.as_str()),
+        (503, "db: could not connect to database")
+    );
+    postgres.set_mode(Mode::Pass);
+    assert!(eventually(Duration::from_secs(10), || server
+        .get("/startupz")
+        .status
+        == 200));
+    postgres.set_mode(Mode::Refuse);
+    postgres.cut();
+    assert!(eventually(Duration::from_secs(10), || server
+        .get("/readyz")
+        .status
+        == 503));
+    assert_eq!(
+        server.get("/startupz").status,
+        200,
+        "passed once, passes for good"
+    );
+}
+
+#[test]
+fn metrics_follow_a_failure_and_a_recovery() {
+    require(Service::Postgres);
+    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
+    let dir = TestDir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[databases.default]\nurl = {:?}\n",
+            postgres_url(postgres.address())
+        ),
+    );
+    let server = Server::start(&config);
+    assert_eq!(server.get("/readyz").status, 503);
+    let down = server.get("/metrics");
+    assert_eq!(
+        down.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    for line in [
+        "probehost_ready 0",
+        "probehost_probe_up{probe=\"database\"} 0",
+        "probehost_probe_checks_total{probe=\"database\",result=\"not_ready\"} 1",
+        "probehost_probe_up{probe=\"memcached\"} 1",
+        "probehost_http_requests_total{route=\"ready\",status=\"5xx\"} 1",
+    ] {
+        assert!(
+            down.body.lines().any(|l| l == line),
+            "missing {line:?}:\n{}",
+            down.body
+        );
+    }
+    postgres.set_mode(Mode::Pass);
+    assert!(eventually(Duration::from_secs(10), || server
+        .get("/readyz")
+        .status
+        == 200));
+    let up = server.get("/metrics").body;
+    for line in [
+        "probehost_ready 1",
+        "probehost_probe_up{probe=\"database\"} 1",
+        "probehost_probe_checks_total{probe=\"database\",result=\"ready\"} 1",
+        "probehost_probe_duration_seconds_count{probe=\"database\"} 2",
+        "probehost_http_requests_total{route=\"ready\",status=\"2xx\"} 1",
+    ] {
+        assert!(up.lines().any(|l| l == line), "missing {line:?}:\n{up}");
+    }
+    let log = server.log();
+    assert_eq!(
+        log.matches("probe is not ready").count(),
+        1,
+        "one line per state change:\n{log}"
+    );
+    assert!(
+        log.contains("probe=database") && log.contains("probe is ready"),
+        "{log}"
+    );
+}

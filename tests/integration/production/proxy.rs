@@ -1,0 +1,256 @@
+//! Proxy mode: probes are answered before the application; everything else
+//! reaches it intact.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+
+use super::{config, test_probe};
+use crate::harness::*;
+
+fn proxy(upstream: &str, server_extra: &str) -> (TestDir, Server) {
+    let dir = TestDir::new();
+    let config = config(
+        &dir,
+        &format!("upstream = {upstream:?}\n{server_extra}"),
+        &test_probe("fine", "action = \"ready\""),
+    );
+    let server = Server::start(&config);
+    (dir, server)
+}
+
+#[test]
+fn probes_never_reach_the_application_and_everything_else_does_intact() {
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "");
+    for path in [
+        "/livez",
+        "/healthz",
+        "/readyz",
+        "/readyz?verbose",
+        "/startupz",
+    ] {
+        let response = server.get(path);
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(
+            response.header("x-app"),
+            None,
+            "{path} was answered by probehost"
+        );
+    }
+    assert!(
+        app.seen().is_empty(),
+        "the application saw probe requests: {:?}",
+        app.seen()
+    );
+
+    // Not probes: a query, custom and hop-by-hop headers, a body, another method.
+    let raw = "POST /orders?id=7&x=%20y HTTP/1.1\r\nHost: shop.example\r\nX-Custom: kept\r\n\
+               Connection: close, X-Secret\r\nX-Secret: dropped\r\nX-Forwarded-For: 203.0.113.9\r\n\
+               Content-Length: 11\r\n\r\nhello world";
+    let answer = raw_exchange(server.address, raw.as_bytes(), Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("x-app: yes") && answer.contains("x-body-length: 11"),
+        "{answer}"
+    );
+    let posted = request(server.address, "POST", "/readyz");
+    assert_eq!(
+        posted.header("x-app"),
+        Some("yes"),
+        "POST /readyz is not a probe: the app's"
+    );
+    let metrics = server.get("/metrics");
+    assert_eq!(
+        metrics.header("x-app"),
+        Some("yes"),
+        "metrics are off by default in proxy mode"
+    );
+
+    let seen = app.seen();
+    let order = seen
+        .iter()
+        .find(|s| s.path_and_query.starts_with("/orders"))
+        .expect("the app saw the order");
+    assert_eq!(order.method, "POST");
+    assert_eq!(order.path_and_query, "/orders?id=7&x=%20y");
+    assert_eq!(order.body, b"hello world");
+    assert_eq!(order.header("host"), Some("shop.example"));
+    assert_eq!(order.header("x-custom"), Some("kept"));
+    assert_eq!(
+        order.header("x-secret"),
+        None,
+        "named in Connection: hop-by-hop"
+    );
+    assert_eq!(
+        order.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(order.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(order.header("forwarded"), Some("for=127.0.0.1;proto=http"));
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && s.path_and_query == "/readyz")
+    );
+}
+
+#[test]
+fn bodies_stream_both_ways() {
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "");
+
+    // Upload: the application gets the first chunk before the second is sent.
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .upload_frames()
+            .iter()
+            .any(|f| f == b"hello")),
+        "the first chunk did not reach the application before the body ended"
+    );
+    write!(stream, "6\r\n world\r\n0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("received 11 bytes"), "{answer}");
+
+    // Download: the client gets the first part while the application still holds
+    // the second.
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /download HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&received).contains("first") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed before the first part");
+        received.extend_from_slice(&buffer[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&received).contains("second"));
+    app.release_download();
+    stream.read_to_end(&mut received).unwrap();
+    assert!(String::from_utf8_lossy(&received).contains("second"));
+}
+
+#[test]
+fn keep_alive_serves_probes_and_the_application_on_one_connection() {
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "");
+    let raw = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\nGET /page HTTP/1.1\r\nHost: x\r\n\r\n\
+               GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(server.address, raw.as_bytes(), Duration::from_secs(10));
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+    assert_eq!(app.seen().len(), 1);
+}
+
+#[test]
+fn http2_clients_are_served() {
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let mut answers = Vec::new();
+        for path in ["/readyz", "/page"] {
+            let request = http::Request::get(format!("http://{}{path}", server.address))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            answers.push((
+                response.status().as_u16(),
+                response.headers().contains_key("x-app"),
+            ));
+        }
+        answers
+    });
+    assert_eq!(statuses, [(200, false), (200, true)]);
+    assert_eq!(
+        app.seen()[0].header("host"),
+        Some(server.address.to_string().as_str())
+    );
+}
+
+#[test]
+fn websocket_upgrades_are_tunnelled() {
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let echoed = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(server.address)
+            .await
+            .unwrap();
+        let url = format!("ws://{}/ws", server.address);
+        let (mut ws, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        assert_eq!(response.status(), 101);
+        let mut echoed = Vec::new();
+        for text in ["hello", "again"] {
+            ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+                .await
+                .unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            echoed.push(reply.into_text().unwrap().to_string());
+        }
+        echoed
+    });
+    assert_eq!(echoed, ["hello", "again"]);
+    assert_eq!(app.seen()[0].header("upgrade"), Some("websocket"));
+}
+
+#[test]
+fn an_unreachable_application_is_502_and_a_slow_one_504() {
+    let (_dir, server) = proxy(&format!("http://{}", closed_port()), "");
+    let response = server.get("/page");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (502, "Bad Gateway")
+    );
+    assert_eq!(
+        server.get("/livez").status,
+        200,
+        "probes do not depend on the application"
+    );
+
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "upstream_timeout = \"500ms\"");
+    let response = server.get("/slow?ms=3000");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (504, "Gateway Timeout")
+    );
+    assert!(
+        response.elapsed < Duration::from_millis(1500),
+        "{:?}",
+        response.elapsed
+    );
+    assert_eq!(server.get("/slow?ms=10").body, "slow");
+}
