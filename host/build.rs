@@ -26,6 +26,16 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "PROBEHOST_BUILTIN_MEMCACHED",
     ),
     (
+        "probehost-plugin-redis",
+        "probehost_plugin_redis.wasm",
+        "PROBEHOST_PLUGIN_REDIS",
+    ),
+    (
+        "probehost-plugin-http",
+        "probehost_plugin_http.wasm",
+        "PROBEHOST_PLUGIN_HTTP",
+    ),
+    (
         "probehost-test-probe",
         "probehost_test_probe.wasm",
         "PROBEHOST_TEST_PROBE",

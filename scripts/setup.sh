@@ -6,7 +6,9 @@
 #   - memcached (installed with apt-get when missing) running on 127.0.0.1:11211
 #   - PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306, started with
 #     the usual Debian commands if they are installed but stopped
-#   - .venv: Django, psycopg and PyMySQL from PyPI, for the Django fixture
+#   - Redis on 127.0.0.1:6379 (installed with apt-get when missing)
+#   - .venv: Django, psycopg and PyMySQL from PyPI, for the Django fixture, and
+#     componentize-py, which builds Python probes
 
 set -euo pipefail
 
@@ -61,11 +63,23 @@ if ! listening 3306 && [ -x /usr/sbin/mariadbd ]; then
     as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
 fi
 
+# --- Redis (the Redis probe's tests; private instances use redis-server too) --
+if ! command -v redis-server >/dev/null 2>&1; then
+    say "installing redis-server"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server >/dev/null \
+        || { as_root apt-get update >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server >/dev/null; }
+fi
+if ! listening 6379; then
+    say "starting Redis on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
+fi
+
 # --- every service the tests use must answer ------------------------------------
 missing=()
 wait_for memcached 11211 || missing+=("memcached on 127.0.0.1:11211")
 wait_for PostgreSQL 5432 || missing+=("PostgreSQL on 127.0.0.1:5432 (trust auth, database 'test')")
 wait_for MariaDB 3306 || missing+=("MariaDB on 127.0.0.1:3306 (root without password, database 'test')")
+wait_for Redis 6379 || missing+=("Redis on 127.0.0.1:6379")
 if [ ${#missing[@]} -gt 0 ]; then
     die "not reachable: $(printf '%s; ' "${missing[@]}")"
 fi
@@ -86,6 +100,11 @@ if ! .venv/bin/python -c 'import django, psycopg, pymysql' >/dev/null 2>&1; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/django/requirements.txt
 fi
+# componentize-py builds the Python SDK's example probe in the tests.
+if ! .venv/bin/componentize-py --version >/dev/null 2>&1; then
+    say "installing componentize-py into .venv"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r guest-sdk/python/requirements-build.txt
+fi
 
-say "ready: wasm32-wasip2, memcached, PostgreSQL, MariaDB, Django $(.venv/bin/python -c 'import django; print(django.get_version())')"
+say "ready: wasm32-wasip2, memcached, PostgreSQL, MariaDB, Redis, Django $(.venv/bin/python -c 'import django; print(django.get_version())')"
 

@@ -5,8 +5,9 @@
 //! thing it checks is ready, or a [`NotReady`] whose message becomes the body of the
 //! `503` answer (and the output of `probehost probe --ready`). The probe reaches the
 //! outside world only through the host capabilities it was granted in the config
-//! file: [`sql`] for databases, [`memcached`] for caches, its own [`config`]
-//! values, and [`log`].
+//! file: [`sql`] for databases, [`memcached`] for caches, [`net`] for TCP
+//! connections, [`http`] for HTTP requests, its own [`config`] values, and
+//! [`log`].
 //!
 //! # A complete probe
 //!
@@ -66,11 +67,13 @@
 //! # What a probe can and cannot do
 //!
 //! Each check runs in a fresh instance: nothing survives from one check to the next.
-//! The probe has no files, no environment variables and no network: it reaches
-//! databases and caches only through [`sql`] and [`memcached`], and only those its
-//! `[probes.NAME]` table grants. It has a deadline (`timeout`) after which it is
-//! stopped, and a memory cap (`memory`). A probe that panics, loops or runs out of memory is reported not ready
-//! with the reason; the host keeps serving.
+//! The probe has no files and no environment variables. It reaches databases and
+//! caches only through [`sql`] and [`memcached`], TCP addresses only through
+//! [`net`] (or `std::net`) and HTTP origins only through [`http`], and only those
+//! its `[probes.NAME]` table grants (`databases`, `caches`, `network`, `http`).
+//! It has a deadline (`timeout`) after which it is stopped, and a memory cap
+//! (`memory`). A probe that panics, loops or runs out of memory is reported not
+//! ready with the reason; the host keeps serving.
 
 #![deny(missing_docs)]
 
@@ -79,6 +82,8 @@ pub mod __bindings {
     pub use crate::bindings::*;
 }
 mod bindings;
+pub mod http;
+pub mod net;
 
 use std::fmt;
 
@@ -116,11 +121,16 @@ pub struct Request {
 impl Request {
     /// The first value of a header, looked up without regard to case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
+}
+
+/// The first value of header `name` in `headers`, without regard to case.
+fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 impl From<wit::Request> for Request {
@@ -212,6 +222,48 @@ pub mod config {
     /// Every key and value, in the order of the config file.
     pub fn entries() -> Vec<(String, String)> {
         host::entries()
+    }
+
+    /// The duration `key` sets (`"500ms"`, `"2s"`, or a bare number of
+    /// milliseconds), or `default` when it is unset or empty.
+    pub fn duration(key: &str, default: Duration) -> Result<Duration, String> {
+        match get(key).filter(|v| !v.trim().is_empty()) {
+            None => Ok(default),
+            Some(text) => parse_duration(&text).ok_or_else(|| {
+                format!("{key} {text:?} is not a duration such as \"500ms\" or \"2s\"")
+            }),
+        }
+    }
+
+    use std::time::Duration;
+
+    fn parse_duration(text: &str) -> Option<Duration> {
+        let text = text.trim();
+        let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => text.split_at(i),
+            None => (text, "ms"),
+        };
+        let n: u64 = number.parse().ok()?;
+        match unit.trim() {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn durations_read_milliseconds_and_seconds() {
+            assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+            assert_eq!(parse_duration(" 2 s"), Some(Duration::from_secs(2)));
+            assert_eq!(parse_duration("300"), Some(Duration::from_millis(300)));
+            assert_eq!(parse_duration("fast"), None);
+            assert_eq!(parse_duration("1h"), None);
+            assert_eq!(parse_duration("ms"), None);
+        }
     }
 }
 

@@ -12,8 +12,14 @@
 //! | `probe --live` wall time | `/bin/true` |
 //! | `probe --ready` wall time, PostgreSQL + memcached | `probe --live` |
 //! | resident memory of `serve` after the load | the minimal hyper server after the same load |
+//! | proxy mode: p50 latency at one connection | the same request straight to the application |
+//! | proxy mode: throughput, 32 connections | nginx as a reverse proxy to the same application (if installed) |
+//! | `probe --ready` answered by a running `serve` | `probe --live` |
+//! | Redis probe check, Rust and Python (fresh instance, connect, PING) | the same connect and PING done by the host |
+//! | start to first ready answer, Redis probe, Rust and Python | the same after `probehost precompile` |
 //!
-//! Needs PostgreSQL (127.0.0.1:5432) and memcached (127.0.0.1:11211); traffic
+//! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
+//! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
 //! stays on loopback and every loop is bounded in count and time.
 
 // A benchmark reports on stdout and stderr.
@@ -38,6 +44,8 @@ const PROBEHOST: &str = env!("CARGO_BIN_EXE_probehost");
 const TEST_PROBE: &str = env!("PROBEHOST_TEST_PROBE");
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MEMCACHED: &str = "127.0.0.1:11211";
+const REDIS: &str = "127.0.0.1:6379";
+const REDIS_PROBE: &str = env!("PROBEHOST_PLUGIN_REDIS");
 
 const LOAD_CONNECTIONS: usize = 32;
 const LOAD_DURATION: Duration = Duration::from_secs(3);
@@ -167,6 +175,305 @@ fn main() {
         "ms",
         "[< 50 ms]",
     );
+
+    proxy_mode(&rt, dir.path(), live_wall);
+    user_probes(&rt, dir.path());
+}
+
+/// The Redis probe in Rust and in Python: a check (fresh instance, connect,
+/// PING) beside the same round trip done by the host directly, and the time
+/// from start to the first ready answer without and with `precompile`.
+fn user_probes(rt: &tokio::runtime::Runtime, dir: &std::path::Path) {
+    let python = dir.join("redis_probe.wasm");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new(root.join("scripts/build-python-probe.sh"))
+        .arg(root.join("guest-sdk/python/examples"))
+        .arg("redis_probe")
+        .arg(&python)
+        .output()
+        .expect("running scripts/build-python-probe.sh");
+    assert!(
+        built.status.success(),
+        "building the Python Redis probe: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let python = python.display().to_string();
+    let direct = rt.block_on(redis_round_trips());
+    for (name, component) in [("Rust", REDIS_PROBE), ("Python", python.as_str())] {
+        let check = rt.block_on(redis_probe_checks(component));
+        report(
+            &format!("{name} Redis probe check p50 (fresh instance + connect + PING)"),
+            micros(check),
+            micros(direct),
+            "µs",
+            "",
+        );
+        println!(
+            "    → beyond the Redis round trip itself: {:.0} µs",
+            micros(check) - micros(direct)
+        );
+    }
+    for (name, component) in [("Rust", REDIS_PROBE), ("Python", python.as_str())] {
+        let cold = first_ready(dir, component, false);
+        let warm = first_ready(dir, component, true);
+        report(
+            &format!("{name} Redis probe: start to first ready answer, no precompile"),
+            ms(cold),
+            ms(warm),
+            "ms",
+            "[baseline: after `precompile`]",
+        );
+    }
+}
+
+/// A fresh connection, `PING`, `+PONG`: what the probe does, done by the host.
+async fn redis_round_trips() -> Duration {
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_SAMPLES + 20 {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(REDIS).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"+PONG\r\n");
+        if i >= 20 {
+            samples.push(started.elapsed());
+        }
+    }
+    median(samples)
+}
+
+async fn redis_probe_checks(component: &str) -> Duration {
+    use probehost::plugin::{CheckOutcome, ComponentSource, Grants, Plugin, PluginRuntime};
+    let runtime = PluginRuntime::new(None).unwrap();
+    let loaded = runtime
+        .load(&ComponentSource::File(component.into()))
+        .unwrap();
+    let grants = Grants {
+        network: vec![REDIS.parse().unwrap()].into(),
+        config: vec![("address".into(), REDIS.into())],
+        ..Grants::default()
+    };
+    let plugin = Arc::new(Plugin::new(
+        "redis",
+        loaded,
+        grants,
+        Duration::from_secs(2),
+        64 << 20,
+    ));
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_SAMPLES + 20 {
+        let p = plugin.clone();
+        let started = Instant::now();
+        let outcome = tokio::spawn(async move {
+            let now = Instant::now();
+            p.check(None, now, now + Duration::from_secs(2)).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome, CheckOutcome::Ready);
+        if i >= 20 {
+            samples.push(started.elapsed());
+        }
+    }
+    median(samples)
+}
+
+/// From starting `serve` (with an empty compiled-component cache, filled by
+/// `precompile` first when asked) to the first `200` from `/readyz`.
+fn first_ready(dir: &std::path::Path, component: &str, precompile: bool) -> Duration {
+    let run = dir.join(format!("first-ready-{}", free_port()));
+    let port = free_port();
+    let config = run.join("probehost.toml");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[runtime]\ncache_dir = {:?}\n\
+             [readiness]\ntimeout = \"5s\"\n[probes.redis]\ncomponent = {component:?}\n\
+             network = [{REDIS:?}]\nconfig = {{ address = {REDIS:?} }}\n",
+            run.join("cache").display().to_string()
+        ),
+    )
+    .unwrap();
+    if precompile {
+        let status = Command::new(PROBEHOST)
+            .arg("--config")
+            .arg(&config)
+            .arg("precompile")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let started = Instant::now();
+    let mut server = Command::new(PROBEHOST)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = started + Duration::from_secs(120);
+    let took = loop {
+        if ready_once(address) {
+            break started.elapsed();
+        }
+        assert!(Instant::now() < until, "no ready answer within 120 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    took
+}
+
+/// One `GET /readyz`; whether it answered 200.
+fn ready_once(address: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    if stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
+/// Proxy mode against the minimal hyper server as the application: latency
+/// added, throughput beside nginx, and the exec probe answered by the server.
+fn proxy_mode(rt: &tokio::runtime::Runtime, dir: &std::path::Path, live_wall: Duration) {
+    let app =
+        spawn_listening(Command::new(std::env::current_exe().unwrap()).arg("--baseline-server"));
+    let port = free_port();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"http://{}\"\n[runtime]\ncache_dir = {:?}\n\
+             [databases.default]\nurl = \"sqlite://{}\"\n",
+            app.address,
+            dir.join("cache").display().to_string(),
+            dir.join("db.sqlite3").display()
+        ),
+    )
+    .unwrap();
+    let server = spawn_listening(
+        Command::new(PROBEHOST)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve"),
+    );
+
+    let direct = rt.block_on(latencies(app.address, "/page"));
+    let proxied = rt.block_on(latencies(server.address, "/page"));
+    report(
+        "proxy p50 latency, one connection",
+        micros(proxied),
+        micros(direct),
+        "µs",
+        "",
+    );
+    println!(
+        "    → added by the proxy: {:.0} µs",
+        micros(proxied) - micros(direct)
+    );
+
+    match start_nginx(dir, app.address) {
+        Some((mut nginx, nginx_address)) => {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..LOAD_ROUNDS {
+                theirs.push(rt.block_on(load(nginx_address, "/page")));
+                ours.push(rt.block_on(load(server.address, "/page")));
+            }
+            report(
+                "proxy throughput, 32 connections",
+                median_f64(ours),
+                median_f64(theirs),
+                "req/s",
+                "[nginx as the baseline: ratio >= 1.0]",
+            );
+            let _ = nginx.kill();
+            let _ = nginx.wait();
+        }
+        None => println!(
+            "proxy throughput: nginx is not installed (apt-get install nginx-light); skipped"
+        ),
+    }
+
+    let asked = median_wall(
+        Command::new(PROBEHOST)
+            .arg("--config")
+            .arg(&config)
+            .args(["probe", "--ready"]),
+    );
+    report(
+        "probe --ready wall (p50) answered by the running server",
+        ms(asked),
+        ms(live_wall),
+        "ms",
+        "[< 5 ms]",
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// nginx as a reverse proxy to `upstream` with keep-alive to it, as a
+/// production setup would have it; `None` if nginx is not installed.
+fn start_nginx(dir: &std::path::Path, upstream: SocketAddr) -> Option<(Child, SocketAddr)> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = free_port();
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 2;\npid {pid};\nerror_log stderr error;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n\
+             upstream app {{ server {upstream}; keepalive 64; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n",
+            pid = prefix.join("nginx.pid").display(),
+            tmp = prefix.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(address).is_err() {
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((child, address))
 }
 
 fn report(what: &str, value: f64, baseline: f64, unit: &str, target: &str) {

@@ -143,6 +143,8 @@ pub fn build_evaluator(
                     .iter()
                     .map(|n| caches[n.as_str()].clone())
                     .collect(),
+                network: probe.network.clone().into(),
+                http: probe.http.clone().into(),
                 config: probe.config.clone(),
             };
             Plugin::new(&probe.name, component, grants, probe.timeout, probe.memory)

@@ -6,7 +6,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success; for `probe`, live/healthy/ready |
-//! | 1 | not ready, a job failed, a probe-mode or job validation error (as in the original), or a runtime failure such as a port already in use |
+//! | 1 | not ready, a job failed, a probe-mode or job validation error (as in the original), a runtime failure such as a port already in use, `plugin check` of something that is not a probe, `plugin new` into an existing directory, `precompile` without a usable cache |
 //! | 2 | bad command line (with usage), bad configuration, or an unknown database alias |
 //! | other | `lockedmigrate`: the command's own exit code (128 + N if a signal N ended it; 127 if it cannot be started) |
 
@@ -32,7 +32,9 @@ use crate::jobs::lockedmigrate::{self, Ended};
 use crate::jobs::wait4db::Wait4db;
 use crate::jobs::{self, ensureadmin, password};
 use crate::metrics::Metrics;
+use crate::plugin::{Builtin, ComponentSource, Inspection, Origin, PluginRuntime, WORLD};
 use crate::readiness::Verdict;
+use crate::scaffold;
 use crate::server::{AppState, Lifecycle, Stop};
 
 /// Exit codes.
@@ -88,6 +90,13 @@ pub enum Command {
     /// Work with the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Work with probe components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Compile every configured probe's component into the compiled-component
+    /// cache (for image builds and init containers), so the first readiness
+    /// check pays no compile.
+    Precompile,
     /// Waits for the database to be ready before exiting.
     Wait4db(Wait4dbArgs),
     /// Ensures that a Django superuser exists with credentials from environment
@@ -328,6 +337,25 @@ pub struct ProbeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Say whether a file is a probe component, what it imports, and which
+    /// grants a config must give it.
+    Check {
+        /// The component (`.wasm`), or `builtin:NAME` for a bundled probe.
+        file: PathBuf,
+    },
+    /// Create a Rust probe crate that builds for wasm32-wasip2 as it is, with
+    /// the guest SDK and the WIT files copied in.
+    New {
+        /// Crate name (letters, digits, `-`, `_`).
+        name: String,
+        /// Where to create it (default: ./NAME); must not exist.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration (loading every probe component) and print it
     /// resolved, with secrets masked.
@@ -367,7 +395,9 @@ pub fn run(cli: Cli) -> u8 {
         // An exec probe's output is its answer; keep the probes' own log lines
         // out of it unless asked for.
         Command::Probe(_) => "warn,probehost::guest=off",
+        Command::Precompile => "info",
         Command::Config(_)
+        | Command::Plugin(_)
         | Command::Wait4db(_)
         | Command::Ensureadmin(_)
         | Command::Lockedmigrate(_) => "warn",
@@ -379,6 +409,9 @@ pub fn run(cli: Cli) -> u8 {
         Command::Serve(args) => serve(&cli, args),
         Command::Run(args) => run_app(&cli, args),
         Command::Config(ConfigCommand::Check) => config_check(&cli),
+        Command::Plugin(PluginCommand::Check { file }) => plugin_check(file),
+        Command::Plugin(PluginCommand::New { name, dir }) => plugin_new(name, dir.as_deref()),
+        Command::Precompile => precompile(&cli),
         Command::Wait4db(args) => wait4db(&cli, args),
         Command::Ensureadmin(args) => ensureadmin(&cli, args),
         Command::Lockedmigrate(args) => lockedmigrate(&cli, args),
@@ -623,6 +656,129 @@ fn config_check(cli: &Cli) -> Result<u8, StartupError> {
         "# configuration from {source}: valid\n{}",
         config.render()
     );
+    Ok(exit::OK)
+}
+
+/// `plugin check`: exit 0 for a probe component, 1 for anything else.
+fn plugin_check(file: &std::path::Path) -> Result<u8, StartupError> {
+    let runtime = PluginRuntime::new(None)?;
+    let source = match file.to_str().and_then(|f| f.strip_prefix("builtin:")) {
+        Some(name) => match Builtin::from_name(name) {
+            Some(builtin) => ComponentSource::Builtin(builtin),
+            None => {
+                let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+                error(&format!(
+                    "unknown built-in probe {name:?} (known: builtin:{})",
+                    known.join(", builtin:")
+                ));
+                return Ok(exit::FAILURE);
+            }
+        },
+        None => ComponentSource::File(file.to_owned()),
+    };
+    let inspection = match runtime.inspect(&source) {
+        Ok(inspection) => inspection,
+        Err(e) => {
+            error(&format!("{}: {e}", file.display()));
+            return Ok(exit::FAILURE);
+        }
+    };
+    let mut out = String::new();
+    let name = file.display();
+    match &inspection.probe {
+        Ok(()) => out.push_str(&format!("{name}: a probe component ({WORLD})\n")),
+        Err(why) => out.push_str(&format!(
+            "{name}: not a probe component: it does not implement {WORLD}: {why}\n"
+        )),
+    }
+    out.push_str("exports:\n");
+    for export in &inspection.exports {
+        out.push_str(&format!("  {export}\n"));
+    }
+    out.push_str("imports:\n");
+    let width = inspection
+        .imports
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    for import in &inspection.imports {
+        let capability = Inspection::capability(import);
+        out.push_str(&format!("  {import:width$}  {}\n", capability.what));
+    }
+    let grants = inspection.grants();
+    if grants.is_empty() {
+        out.push_str("grants: none needed\n");
+    } else {
+        out.push_str("grants it can use, in its [probes.NAME] table:\n");
+        for grant in grants {
+            let example = match grant {
+                "databases" => "databases = [\"default\"]",
+                "caches" => "caches = [\"default\"]",
+                "network" => "network = [\"HOST:PORT\", ...]",
+                "http" => "http = [\"https://HOST[:PORT]\", ...]",
+                _ => "config = { KEY = \"VALUE\" }",
+            };
+            out.push_str(&format!("  {example}\n"));
+        }
+    }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    Ok(if inspection.probe.is_ok() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
+}
+
+/// `plugin new`: exit 0 when created, 1 when it could not be.
+fn plugin_new(name: &str, dir: Option<&std::path::Path>) -> Result<u8, StartupError> {
+    let dir = dir.map_or_else(|| PathBuf::from(name), std::path::Path::to_owned);
+    match scaffold::new_probe(name, &dir) {
+        Ok(created) => {
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "created {dir}\nbuild it:  cd {dir} && cargo build --release\nthen use:  [probes.{name}]\n           component = \"{dir}/{artifact}\"",
+                dir = created.dir.display(),
+                artifact = created.artifact,
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            error(&e.to_string());
+            Ok(exit::FAILURE)
+        }
+    }
+}
+
+/// `precompile`: fill the compiled-component cache for every configured probe.
+fn precompile(cli: &Cli) -> Result<u8, StartupError> {
+    let config = load_config(cli)?;
+    let Some(dir) = config.runtime.cache_dir.as_deref() else {
+        error(
+            "no compiled-component cache is configured: set runtime.cache_dir (or \
+             PROBEHOST_CACHE_DIR), and do not set runtime.cache = false",
+        );
+        return Ok(exit::FAILURE);
+    };
+    let runtime = PluginRuntime::new(Some(dir))?;
+    let Some(cache) = runtime.cache() else {
+        error(&format!(
+            "the compiled-component cache at {} cannot be used (see the warning above)",
+            dir.display()
+        ));
+        return Ok(exit::FAILURE);
+    };
+    let loaded = app::load_components(&config, &runtime)?;
+    let mut out = String::new();
+    for ((name, component), probe) in loaded.iter().zip(&config.probes) {
+        let how = match component.origin() {
+            Origin::Compiled => "compiled",
+            Origin::Cached => "already cached",
+        };
+        out.push_str(&format!("{name}: {} {how}\n", probe.component));
+    }
+    out.push_str(&format!("cache: {}\n", cache.dir().display()));
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
     Ok(exit::OK)
 }
 

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod readiness;
+pub mod scaffold;
 pub mod server;

@@ -251,8 +251,7 @@ impl Evaluator {
         });
         let this = self.clone();
         self.guests.spawn(async move {
-            this.drive(request, started, tx).await;
-            let _ = finished.set(Instant::now());
+            this.drive(request, started, tx, &finished).await;
         });
         evaluation
     }
@@ -267,6 +266,7 @@ impl Evaluator {
         request: Option<ProbeRequest>,
         started: Instant,
         tx: watch::Sender<Slots>,
+        finished: &OnceLock<Instant>,
     ) {
         let deadline = started + self.timeout;
         let request = request.map(Arc::new);
@@ -290,37 +290,48 @@ impl Evaluator {
         while pending > 0 {
             tokio::select! {
                 Some((index, outcome)) = running.next() => {
-                    self.publish(&tx, index, &outcome, started);
+                    self.publish(&tx, index, &outcome, started, finished);
                     pending -= 1;
                 }
                 () = &mut give_up => {
                     // Whatever has not answered by now has timed out.
                     for index in 0..self.probes.len() {
                         if tx.borrow()[index].is_none() {
-                            self.publish(&tx, index, &CheckOutcome::TimedOut, started);
+                            self.publish(&tx, index, &CheckOutcome::TimedOut, started, finished);
                         }
                     }
                     break;
                 }
             }
         }
-        drop(running);
-        self.after(&tx.borrow());
     }
 
+    /// Make one probe's result visible. The last result of an evaluation is
+    /// made visible only after the evaluation is recorded (logs, metrics, the
+    /// startup flag) and marked finished, so whoever sees the full verdict also
+    /// sees its effects, and a request that comes after it never joins it as
+    /// if it were still in flight.
     fn publish(
         &self,
         tx: &watch::Sender<Slots>,
         index: usize,
         outcome: &CheckOutcome,
         started: Instant,
+        finished: &OnceLock<Instant>,
     ) {
         let plugin = &self.probes[index];
         let limit = plugin.timeout().min(self.timeout);
         let result = ProbeResult::new(plugin, outcome, limit, started.elapsed());
         self.metrics
             .record_check(index, result.kind, result.duration);
-        tx.send_modify(|slots| slots[index] = Some(Arc::new(result)));
+        // Only the driver sends, so this copy cannot lose an update.
+        let mut slots = tx.borrow().clone();
+        slots[index] = Some(Arc::new(result));
+        if slots.iter().all(Option::is_some) {
+            self.after(&slots);
+            let _ = finished.set(Instant::now());
+        }
+        tx.send_replace(slots);
     }
 
     /// Log each probe whose readiness changed, with the reason, and record the

@@ -14,3 +14,4 @@ mod probe_cli;
 mod production;
 mod sandbox;
 mod serve;
+mod user_probes;

@@ -141,3 +141,177 @@ fn a_chatty_probe_is_cut_off_and_still_answers() {
     assert!(lines <= 32, "{lines} probe log lines reached the host log");
     assert!(log.contains("dropped=9968"), "{log}");
 }
+
+#[test]
+fn a_probe_that_aborts_is_reported_as_a_trap() {
+    let (_dir, server) = server_with("config = { action = \"abort\" }", "");
+    let response = server.get("/readyz");
+    assert_eq!(response.status, 503);
+    assert!(
+        response.body.starts_with("subject: crashed: wasm trap:")
+            && response.body.contains("unreachable"),
+        "{}",
+        response.body
+    );
+    assert_eq!(server.get("/livez").status, 200);
+}
+
+#[test]
+fn an_enormous_not_ready_message_is_cut() {
+    let (_dir, server) = server_with("config = { action = \"big-message\", size = 8000000 }", "");
+    let response = server.get("/readyz");
+    assert_eq!(response.status, 503);
+    assert!(
+        response.body.len() <= 4096 + "subject: ".len() && response.body.starts_with("mmmm"),
+        "a body of {} bytes",
+        response.body.len()
+    );
+    let json = server.get("/readyz?verbose");
+    assert!(json.body.len() < 16 * 1024, "{} bytes", json.body.len());
+}
+
+#[test]
+fn sockets_reach_only_the_granted_address() {
+    require(Service::Postgres);
+    require(Service::Redis);
+    let connect = |grant: &str, address: &str| {
+        let (_dir, server) = server_with(
+            &format!("{grant}\nconfig = {{ action = \"connect\", address = \"{address}\" }}"),
+            "",
+        );
+        server.get("/readyz").body
+    };
+    let postgres = Service::Postgres.address().to_string();
+    let redis = Service::Redis.address().to_string();
+    assert_eq!(
+        connect(&format!("network = [\"{redis}\"]"), &redis),
+        "connected"
+    );
+    assert_eq!(
+        connect(&format!("network = [\"{redis}\"]"), &postgres),
+        "connect failed: PermissionDenied"
+    );
+    assert_eq!(connect("", &redis), "connect failed: PermissionDenied");
+}
+
+#[test]
+fn http_requests_reach_only_granted_origins() {
+    let app = Upstream::start();
+    let get = |grant: &str| {
+        let (_dir, server) = server_with(
+            &format!(
+                "{grant}\nconfig = {{ action = \"http\", url = \"{}/x\" }}",
+                app.url()
+            ),
+            "",
+        );
+        server.get("/readyz").body
+    };
+    assert_eq!(
+        get(&format!("http = [\"{}\"]", app.url())),
+        "status 200: app"
+    );
+    let denied = "http failed: request not granted: the origin is not in the probe's `http` grant";
+    assert_eq!(get("http = [\"http://127.0.0.1:1\"]"), denied);
+    assert_eq!(get(""), denied);
+    assert_eq!(app.seen().len(), 1, "only the granted request arrived");
+}
+
+/// Every kind of misbehaviour at once, beside a good probe: each hostile probe
+/// is reported with its reason, the good one is unaffected, and liveness answers
+/// at once throughout.
+#[test]
+fn hostile_probes_together_leave_the_host_and_the_other_probes_unaffected() {
+    let probe = |name: &str, settings: &str| {
+        format!(
+            "[probes.{name}]\ncomponent = {TEST_PROBE:?}\ntimeout = \"1s\"\nmemory = \"16MiB\"\n{settings}\n"
+        )
+    };
+    let probes = [
+        probe("good", "config = { action = \"ready\" }"),
+        probe("looper", "config = { action = \"loop\" }"),
+        probe("grower", "config = { action = \"grow\" }"),
+        probe(
+            "panicker",
+            "config = { action = \"panic\", message = \"boom\" }",
+        ),
+        probe("aborter", "config = { action = \"abort\" }"),
+        probe(
+            "flooder",
+            "config = { action = \"log-flood\", count = 20000 }",
+        ),
+        probe(
+            "shouter",
+            "config = { action = \"big-message\", size = 4000000 }",
+        ),
+        probe(
+            "reader",
+            "config = { action = \"read-file\", path = \"/etc/passwd\" }",
+        ),
+        probe("snooper", "config = { action = \"env\" }"),
+        probe(
+            "dialer",
+            "config = { action = \"connect\", address = \"127.0.0.1:22\" }",
+        ),
+        probe(
+            "fetcher",
+            "config = { action = \"http\", url = \"http://127.0.0.1:1/\" }",
+        ),
+    ]
+    .concat();
+    let dir = TestDir::new();
+    let config = dir.config(&format!(
+        "{}[readiness]\ntimeout = \"2s\"\n{probes}",
+        server_section()
+    ));
+    let server = Server::start(&config);
+    let address = server.address;
+    let live = std::thread::spawn(move || {
+        let mut slowest = std::time::Duration::ZERO;
+        for _ in 0..40 {
+            let response = get(address, "/livez");
+            assert_eq!(response.status, 200);
+            slowest = slowest.max(response.elapsed);
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        slowest
+    });
+    let response = server.get("/readyz?verbose");
+    let slowest_live = live.join().unwrap();
+    assert_eq!(response.status, 503);
+    let body = &response.body;
+    for expected in [
+        "[+]good ok",
+        "[-]looper failed: looper: timed out after 1000ms",
+        "[-]grower failed: grower: exceeded its memory limit of 16 MiB",
+        "[-]panicker failed: panicker: crashed: panicked at",
+        "[-]aborter failed: aborter: crashed: wasm trap:",
+        "[+]flooder ok",
+        "[-]shouter failed: mmm",
+        "[-]reader failed: read failed: NotFound",
+        "[-]snooper failed: environment: []",
+        "[-]dialer failed: connect failed: PermissionDenied",
+        "[-]fetcher failed: http failed: request not granted",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in:\n{body}"
+        );
+    }
+    assert!(
+        body.len() < 16 * 1024,
+        "verbose body of {} bytes",
+        body.len()
+    );
+    assert!(
+        response.elapsed < std::time::Duration::from_millis(2500),
+        "{:?}",
+        response.elapsed
+    );
+    assert!(
+        slowest_live < std::time::Duration::from_millis(200),
+        "a liveness answer took {slowest_live:?}"
+    );
+    // The host is still whole: the good probe alone is ready.
+    assert_eq!(server.get("/readyz/good").status, 200);
+}

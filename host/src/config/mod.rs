@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use self::interpolate::{Env, ProcessEnv};
 use crate::db::ConnectOptions;
-use crate::plugin::{Builtin, ComponentSource};
+use crate::plugin::{Builtin, ComponentSource, HttpOrigin, NetworkGrant};
 
 /// `server.listen` when not set.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -141,6 +141,10 @@ pub struct ProbeConfig {
     pub databases: Vec<String>,
     /// Granted cache names, in config order.
     pub caches: Vec<String>,
+    /// TCP addresses the probe may connect to (`network = [...]`).
+    pub network: Vec<NetworkGrant>,
+    /// HTTP origins the probe may send requests to (`http = [...]`).
+    pub http: Vec<HttpOrigin>,
     pub timeout: Duration,
     pub memory: usize,
     /// The probe's own settings, in file order.
@@ -366,6 +370,8 @@ fn default_probes(
                 Builtin::Database => Vec::new(),
                 Builtin::Memcached => caches.iter().map(|c| c.name.clone()).collect(),
             },
+            network: Vec::new(),
+            http: Vec::new(),
             timeout,
             memory: DEFAULT_PROBE_MEMORY,
             config: Vec::new(),

@@ -14,7 +14,7 @@ use toml_edit::{Item, TableLike, Value};
 use super::interpolate::{Env, interpolate};
 use super::*;
 use crate::db::ConnectOptions;
-use crate::plugin::{Builtin, ComponentSource};
+use crate::plugin::{Builtin, ComponentSource, HttpOrigin, NetworkGrant};
 
 /// Longest duration any setting accepts (deadlines are added to clock readings).
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -50,6 +50,8 @@ const PROBE_KEYS: &[&str] = &[
     "component",
     "databases",
     "caches",
+    "network",
+    "http",
     "timeout",
     "memory",
     "config",
@@ -383,6 +385,12 @@ impl<'a> Parser<'a> {
                 None => Vec::new(),
                 Some(i) => self.grants(i, &format!("{key}.caches"), &cache_names, "caches"),
             };
+            let network = self
+                .field(t, &key, "network", Self::network_grants)
+                .unwrap_or_default();
+            let http = self
+                .field(t, &key, "http", Self::http_origins)
+                .unwrap_or_default();
             let timeout = self.field(t, &key, "timeout", Self::duration);
             let memory = self.field(t, &key, "memory", Self::size);
             let config = match t.get("config") {
@@ -420,6 +428,8 @@ impl<'a> Parser<'a> {
                 component_location: self.location(span),
                 databases: granted_databases,
                 caches: granted_caches,
+                network,
+                http,
                 timeout: timeout.unwrap_or(readiness.timeout),
                 memory: memory.unwrap_or(DEFAULT_PROBE_MEMORY),
                 config,
@@ -825,6 +835,32 @@ impl<'a> Parser<'a> {
             }
         }
         granted
+    }
+
+    /// `network = ["host:port", ...]`: every entry checked, each bad one reported.
+    fn network_grants(&mut self, item: &Item, key: &str) -> Option<Vec<NetworkGrant>> {
+        self.parsed_list(item, key)
+    }
+
+    /// `http = ["scheme://host[:port]", ...]`.
+    fn http_origins(&mut self, item: &Item, key: &str) -> Option<Vec<HttpOrigin>> {
+        self.parsed_list(item, key)
+    }
+
+    fn parsed_list<T>(&mut self, item: &Item, key: &str) -> Option<Vec<T>>
+    where
+        T: std::str::FromStr<Err = String> + PartialEq,
+    {
+        let entries = self.strings(item, key)?;
+        let mut out = Vec::new();
+        for (text, span) in entries {
+            match text.trim().parse::<T>() {
+                Ok(v) if !out.contains(&v) => out.push(v),
+                Ok(_) => {}
+                Err(e) => self.problem(span, key, e),
+            }
+        }
+        Some(out)
     }
 
     fn probe_settings(&mut self, item: &Item, key: &str) -> Vec<(String, String)> {

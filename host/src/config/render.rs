@@ -82,6 +82,14 @@ pub(super) fn render(config: &Config) -> String {
         t["component"] = value(probe.component.to_string());
         t["databases"] = value(strings(&probe.databases));
         t["caches"] = value(strings(&probe.caches));
+        if !probe.network.is_empty() {
+            let network: Vec<String> = probe.network.iter().map(ToString::to_string).collect();
+            t["network"] = value(strings(&network));
+        }
+        if !probe.http.is_empty() {
+            let http: Vec<String> = probe.http.iter().map(ToString::to_string).collect();
+            t["http"] = value(strings(&http));
+        }
         t["timeout"] = value(duration(probe.timeout));
         t["memory"] = value(format_size(probe.memory).replace(' ', ""));
         if !probe.config.is_empty() {

@@ -326,3 +326,31 @@ fn cache_dir_follows_the_environment() {
     );
     assert_eq!(Config::defaults(&env(&[])).runtime.cache_dir, None);
 }
+
+#[test]
+fn network_and_http_grants_are_checked_entry_by_entry() {
+    let text = r#"
+[probes.p]
+component = "builtin:database"
+network = ["127.0.0.1:6379", "redis", "::1:6379", "cache.svc:6380"]
+http = ["http://127.0.0.1:8080", "https://api.example.com/v1", "ftp://x"]
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            r#"probehost.toml:4:30: probes.p.network: "redis" has no port: write HOST:PORT, e.g. "127.0.0.1:6379""#,
+            r#"probehost.toml:4:39: probes.p.network: write an IPv6 address in brackets, e.g. [::1]:6379"#,
+            r#"probehost.toml:5:34: probes.p.http: "https://api.example.com/v1": an origin has no path, query or fragment; the grant covers every path of it"#,
+            r#"probehost.toml:5:64: probes.p.http: "ftp://x": the scheme must be http or https, not "ftp""#,
+        ]
+    );
+    let config = parse_with(
+        "[probes.p]\ncomponent = \"builtin:database\"\nnetwork = [\"${REDIS_HOST}:6379\"]\nhttp = [\"https://API.example.com:443\"]\n",
+        &[("REDIS_HOST", "redis.default.svc")],
+    )
+    .unwrap();
+    let probe = &config.probes[0];
+    assert_eq!(probe.network.len(), 1);
+    assert_eq!(probe.network[0].to_string(), "redis.default.svc:6379");
+    assert_eq!(probe.http[0].to_string(), "https://api.example.com");
+}

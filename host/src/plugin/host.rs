@@ -14,8 +14,10 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::bindings::probehost::probe::{config, log, memcached, sql, types};
+use super::net::{GrantHost, HttpOrigin, NetworkGrant, SocketPolicy};
 use crate::db::{self, Database, DbError};
 use crate::memcached::{Cache, CacheError};
 
@@ -38,12 +40,18 @@ pub(crate) const PANIC_PREFIX: &str = "panicked at ";
 pub struct Grants {
     pub databases: Vec<Arc<Database>>,
     pub caches: Vec<Arc<Cache>>,
+    /// TCP addresses it may connect to (wasi:sockets).
+    pub network: Arc<[NetworkGrant]>,
+    /// HTTP origins it may send requests to (wasi:http).
+    pub http: Arc<[HttpOrigin]>,
     pub config: Vec<(String, String)>,
 }
 
 /// The store data of one check.
 pub(crate) struct HostState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_policy: HttpPolicy,
     table: ResourceTable,
     probe: Arc<str>,
     grants: Arc<Grants>,
@@ -66,16 +74,36 @@ impl HostState {
         memory_limit: usize,
     ) -> HostState {
         let stderr = Capture::new(MAX_STDERR);
-        // No filesystem, environment, arguments or network: the defaults of an
-        // empty WASI context, with sockets switched off explicitly.
-        let wasi = WasiCtx::builder()
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        // No filesystem, environment or arguments: the defaults of an empty WASI
+        // context. Sockets only as far as the network grant reaches; without
+        // one, none at all (not even name lookups). With one, lookups of the
+        // granted names (and of IP addresses written out, which common clients
+        // such as CPython's `socket.create_connection` resolve too) reach the
+        // resolver, and nothing else does (see `limit_name_lookups`);
+        // connections reach only the granted addresses.
+        let mut wasi = WasiCtx::builder();
+        wasi.stderr(stderr.clone()).allow_udp(false);
+        if grants.network.is_empty() {
+            wasi.allow_tcp(false).allow_ip_name_lookup(false);
+        } else {
+            let policy = Arc::new(SocketPolicy::new(grants.network.clone()));
+            wasi.allow_tcp(true)
+                .allow_ip_name_lookup(true)
+                .socket_addr_check(move |addr, usage| {
+                    let policy = policy.clone();
+                    Box::pin(async move { policy.allows(addr, usage).await })
+                });
+        }
+        let http_policy = HttpPolicy {
+            probe: probe.clone(),
+            origins: grants.http.clone(),
+            deadline,
+            reserve,
+        };
         HostState {
-            wasi,
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            http_policy,
             table: ResourceTable::new(),
             probe,
             grants,
@@ -87,6 +115,19 @@ impl HostState {
             log: LogBudget::default(),
             stderr,
         }
+    }
+
+    /// Whether a name lookup for `name` may go to the resolver: an IP address
+    /// written out, or a host name the `network` grant lists.
+    pub(crate) fn may_resolve(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return true;
+        }
+        self.grants.network.iter().any(|g| match &g.host {
+            GrantHost::Name(granted) => granted.eq_ignore_ascii_case(name),
+            GrantHost::Ip(_) => false,
+        })
     }
 
     /// Time left for a host call: until the deadline, less the reserve.
@@ -103,6 +144,72 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
+        }
+    }
+}
+
+/// Outgoing HTTP for one check: only to granted origins, and never past the
+/// check's deadline.
+struct HttpPolicy {
+    probe: Arc<str>,
+    origins: Arc<[HttpOrigin]>,
+    deadline: Instant,
+    reserve: Duration,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> SendFuture {
+        if !self.origins.iter().any(|o| o.matches(request.uri())) {
+            tracing::debug!(probe = %self.probe, uri = %request.uri(), "HTTP request to an origin outside the grant denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        // Every wait is bounded by what is left of the check.
+        let budget = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(self.reserve);
+        let bounded = |asked: Option<Duration>| Some(asked.map_or(budget, |a| a.min(budget)));
+        let options = options.unwrap_or_default();
+        let options = wasmtime_wasi_http::RequestOptions {
+            connect_timeout: bounded(options.connect_timeout),
+            first_byte_timeout: bounded(options.first_byte_timeout),
+            between_bytes_timeout: bounded(options.between_bytes_timeout),
+        };
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 

@@ -14,6 +14,7 @@
 mod bindings;
 mod cache;
 mod host;
+mod net;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use self::bindings::{Probe, ProbePre};
 pub use self::cache::{ArtifactCache, Origin};
 pub use self::host::Grants;
 use self::host::HostState;
+pub use self::net::{GrantHost, HttpOrigin, NetworkGrant};
 
 /// How often the epoch advances: the granularity of deadlines, and how often a
 /// long-running guest yields its worker thread.
@@ -154,6 +156,8 @@ impl PluginRuntime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        limit_name_lookups(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
 
         let cache = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
@@ -177,9 +181,8 @@ impl PluginRuntime {
         self.cache.as_ref()
     }
 
-    /// Load and link a component, ready to instantiate per check.
-    pub fn load(&self, source: &ComponentSource) -> Result<Loaded, LoadError> {
-        let started = Instant::now();
+    /// Compile (or map from the cache) a component, without linking it.
+    fn compile(&self, source: &ComponentSource) -> Result<(Component, Origin), LoadError> {
         let owned;
         let wasm: &[u8] = match source {
             ComponentSource::Builtin(b) => b.wasm(),
@@ -192,11 +195,43 @@ impl PluginRuntime {
             }
         };
         check_header(wasm)?;
-        let (component, origin) = match &self.cache {
+        match &self.cache {
             Some(cache) => cache.load(&self.engine, wasm),
             None => Component::new(&self.engine, wasm).map(|c| (c, Origin::Compiled)),
         }
-        .map_err(LoadError::Invalid)?;
+        .map_err(LoadError::Invalid)
+    }
+
+    /// What a component is: whether it implements the probe world, what it
+    /// imports and exports, and which grants its imports call for.
+    pub fn inspect(&self, source: &ComponentSource) -> Result<Inspection, LoadError> {
+        let (component, _) = self.compile(source)?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let probe = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ProbePre::new)
+            .map(drop)
+            .map_err(|e| one_line(&e));
+        Ok(Inspection {
+            imports,
+            exports,
+            probe,
+        })
+    }
+
+    /// Load and link a component, ready to instantiate per check.
+    pub fn load(&self, source: &ComponentSource) -> Result<Loaded, LoadError> {
+        let started = Instant::now();
+        let (component, origin) = self.compile(source)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -434,5 +469,110 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Replace WASI's `resolve-addresses` with one that answers only for the host
+/// names the probe's `network` grant lists (and for IP addresses written out),
+/// so a probe cannot send arbitrary names to the resolver.
+fn limit_name_lookups(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host as _, ResolveAddressStream};
+    use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Network};
+    use wasmtime_wasi::sockets::WasiSocketsView;
+
+    type Answer = (Result<Resource<ResolveAddressStream>, ErrorCode>,);
+    linker.allow_shadowing(true);
+    linker
+        .instance("wasi:sockets/ip-name-lookup@0.2.12")?
+        .func_wrap(
+            "resolve-addresses",
+            |mut store: wasmtime::StoreContextMut<'_, HostState>,
+             (network, name): (Resource<Network>, String)|
+             -> wasmtime::Result<Answer> {
+                if !store.data().may_resolve(&name) {
+                    return Ok((Err(ErrorCode::PermanentResolverFailure),));
+                }
+                let mut sockets = store.data_mut().sockets();
+                match sockets.resolve_addresses(network, name) {
+                    Ok(stream) => Ok((Ok(stream),)),
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            },
+        )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// What `probehost plugin check` reports about a component.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Imported interfaces (`wasi:sockets/tcp@0.2.9`, `probehost:probe/sql@0.1.0`, ...).
+    pub imports: Vec<String>,
+    /// Exported functions and interfaces.
+    pub exports: Vec<String>,
+    /// `Ok` when it implements the probe world, else why not.
+    pub probe: Result<(), String>,
+}
+
+/// What an import lets a probe do, and the grant it needs to do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub what: &'static str,
+    /// The `[probes.NAME]` key that grants it, if any can.
+    pub grant: Option<&'static str>,
+}
+
+impl Inspection {
+    /// The capability behind an import, for the interfaces probes use.
+    pub fn capability(import: &str) -> Capability {
+        let interface = import.split('@').next().unwrap_or(import);
+        let (what, grant) = match interface {
+            "probehost:probe/sql" => ("SQL on granted databases", Some("databases")),
+            "probehost:probe/memcached" => ("memcached stats of granted caches", Some("caches")),
+            "probehost:probe/config" => ("its own settings", Some("config")),
+            "probehost:probe/log" => ("log lines", None),
+            "probehost:probe/types" => ("shared types", None),
+            "wasi:sockets/tcp" | "wasi:sockets/tcp-create-socket" => {
+                ("TCP connections to granted addresses", Some("network"))
+            }
+            "wasi:sockets/ip-name-lookup" => {
+                ("name lookups, with a `network` grant", Some("network"))
+            }
+            "wasi:sockets/udp" | "wasi:sockets/udp-create-socket" => ("UDP: never allowed", None),
+            "wasi:sockets/network" | "wasi:sockets/instance-network" => {
+                ("the network handle", None)
+            }
+            "wasi:http/outgoing-handler" => ("HTTP requests to granted origins", Some("http")),
+            "wasi:http/types" => ("HTTP types", None),
+            "wasi:filesystem/types" | "wasi:filesystem/preopens" => {
+                ("files: none are ever available", None)
+            }
+            "wasi:cli/environment" => ("environment: always empty", None),
+            "wasi:cli/stderr" => ("stderr: kept for crash reasons", None),
+            "wasi:cli/stdin" => ("stdin: always empty", None),
+            "wasi:cli/stdout" => ("stdout: discarded", None),
+            "wasi:cli/exit" => ("exit: ends the check as a crash", None),
+            "wasi:clocks/monotonic-clock" | "wasi:clocks/wall-clock" => ("clocks", None),
+            "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed" => {
+                ("random numbers", None)
+            }
+            i if i.starts_with("wasi:io/") => ("streams and polling", None),
+            i if i.starts_with("wasi:cli/terminal") => ("terminal queries: never a terminal", None),
+            _ => ("not provided by probehost", None),
+        };
+        Capability { what, grant }
+    }
+
+    /// The grant keys this component's imports can use, in a stable order.
+    pub fn grants(&self) -> Vec<&'static str> {
+        let mut keys: Vec<&'static str> = self
+            .imports
+            .iter()
+            .filter_map(|i| Inspection::capability(i).grant)
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 }

@@ -1,6 +1,6 @@
 //! What the integration tests share: the services they need, the probehost
 //! processes they start, a small HTTP client, a fault-injecting TCP proxy and
-//! private memcached servers.
+//! private memcached and Redis servers.
 //!
 //! Everything talks to loopback only, and every wait is bounded.
 
@@ -10,8 +10,9 @@ mod databases;
 pub mod django;
 mod fault;
 mod http;
-mod memcached;
+mod private;
 mod process;
+mod python;
 mod upstream;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,8 +23,9 @@ use std::time::Duration;
 pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
 pub use http::{Response, get, request, try_get};
-pub use memcached::Memcached;
+pub use private::{Memcached, PrivateServer};
 pub use process::{Background, Output, Server, probehost, run};
+pub use python::python_redis_probe;
 pub use upstream::Upstream;
 
 /// The `probehost` binary under test.
@@ -32,6 +34,10 @@ pub const PROBEHOST: &str = env!("CARGO_BIN_EXE_probehost");
 pub const TEST_PROBE: &str = env!("PROBEHOST_TEST_PROBE");
 /// A WASI command component that is not a probe.
 pub const NOT_A_PROBE: &str = env!("PROBEHOST_TEST_NOT_A_PROBE");
+/// The Redis probe of `plugins/redis`.
+pub const REDIS_PROBE: &str = env!("PROBEHOST_PLUGIN_REDIS");
+/// The HTTP-dependency probe of `plugins/http`.
+pub const HTTP_PROBE: &str = env!("PROBEHOST_PLUGIN_HTTP");
 
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -42,6 +48,7 @@ pub enum Service {
     Postgres,
     MariaDb,
     Memcached,
+    Redis,
 }
 
 impl Service {
@@ -61,6 +68,11 @@ impl Service {
                 "memcached",
                 "127.0.0.1:11211",
                 "scripts/setup.sh (or: memcached -d -u nobody -l 127.0.0.1 -p 11211)",
+            ),
+            Service::Redis => (
+                "Redis",
+                "127.0.0.1:6379",
+                "scripts/setup.sh (or: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '')",
             ),
         }
     }

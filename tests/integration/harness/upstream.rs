@@ -7,6 +7,7 @@
 //! - `/download`: sends `first`, waits until the test calls
 //!   [`Upstream::release_download`], then sends `second`;
 //! - `/ws`: a WebSocket echo;
+//! - `/status?code=N`: answers status N with the body `status N`;
 //! - anything else: `200 app`, with the request's body echoed in `x-body-length`.
 
 use std::convert::Infallible;
@@ -182,6 +183,16 @@ async fn handle(
             });
             let stream = tokio_stream_from(rx);
             Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))))
+        }
+        "/status" => {
+            shared.seen.lock().unwrap().push(seen);
+            let code: u16 = query
+                .strip_prefix("code=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200);
+            let mut response = Response::new(full(format!("status {code}")));
+            *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            Ok(response)
         }
         "/slow" => {
             shared.seen.lock().unwrap().push(seen);

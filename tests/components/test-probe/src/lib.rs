@@ -11,10 +11,13 @@
 //! - `log-flood`: writes `count` log lines, then is ready;
 //! - `env`: not ready, listing the environment variables it sees;
 //! - `read-file`: not ready, saying what reading `path` gave;
-//! - `connect`: not ready, saying what a TCP connection to `address` gave.
+//! - `connect`: not ready, saying what a TCP connection to `address` gave;
+//! - `http`: not ready, saying what `GET url` gave;
+//! - `abort`: traps without a panic message;
+//! - `big-message`: not ready with a message of `size` bytes.
 #![forbid(unsafe_code)]
 
-use probehost_sdk::{NotReady, Probe, Request, config, log, memcached, sql};
+use probehost_sdk::{NotReady, Probe, Request, config, http, log, memcached, sql};
 
 struct TestProbe;
 
@@ -97,6 +100,15 @@ impl Probe for TestProbe {
                     Err(e) => format!("connect failed: {:?}", e.kind()),
                 },
             )),
+            "http" => Err(NotReady::new(match http::get(&setting("url")) {
+                Ok(response) => format!("status {}: {}", response.status, response.text()),
+                Err(e) => format!("http failed: {e}"),
+            })),
+            "abort" => std::process::abort(),
+            "big-message" => {
+                let size: usize = setting("size").parse().unwrap_or(10 << 20);
+                Err(NotReady::new("m".repeat(size)))
+            }
             other => Err(NotReady::new(format!(
                 "test-probe: unknown action {other:?}"
             ))),
