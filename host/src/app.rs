@@ -2,7 +2,6 @@
 //! evaluator and the server together.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,10 +174,12 @@ pub fn build_state(
     let upstream = match &config.server.upstream {
         None => None,
         Some(url) => {
-            let base = url
+            let upstream = url
                 .parse()
+                .map_err(|e: http::uri::InvalidUri| e.to_string())
+                .and_then(|base| Upstream::new(&base, config.server.upstream_timeout))
                 .map_err(|e| anyhow::anyhow!("server.upstream {url:?}: {e}"))?;
-            Some(Upstream::new(base, config.server.upstream_timeout))
+            Some(upstream)
         }
     };
     Ok(Arc::new(AppState {
@@ -201,14 +202,15 @@ pub fn upstream_address(config: &Config) -> Option<SocketAddr> {
 }
 
 /// Run the probe server: `state` is built and `listener` bound. Returns when
-/// `stop` completes (after the drain it asks for) and in-flight requests are done.
+/// `stops` has said how to stop, after the drain that asks for, and in-flight
+/// requests are done.
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
     state: Arc<AppState>,
-    stop: impl Future<Output = Stop>,
+    stops: tokio::sync::mpsc::UnboundedReceiver<Stop>,
 ) -> std::io::Result<()> {
-    server::serve(listener, state, ServeOptions::new(&config.server), stop).await
+    server::serve(listener, state, ServeOptions::new(&config.server), stops).await
 }
 
 /// Ask a probehost serving this configuration for its readiness answer, over

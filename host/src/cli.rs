@@ -450,12 +450,14 @@ fn serve_config(cli: &Cli, args: &ServeArgs) -> Result<Config, StartupError> {
     Ok(config)
 }
 
-fn http_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .thread_name("probehost-http")
+/// The runtime that binds, watches signals (and in `run` mode the
+/// application) and coordinates shutdown; connections are served on threads
+/// of their own (`server::serve`).
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the HTTP runtime")
+        .context("starting the control runtime")
 }
 
 async fn bind(config: &Config, state: &AppState) -> anyhow::Result<TcpListener> {
@@ -477,18 +479,16 @@ fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, StartupError> {
     let config = serve_config(cli, args)?;
     let guests = app::guest_runtime().context("starting the probe runtime")?;
     let state = app::build_state(&config, guests.handle(), Lifecycle::default())?;
-    let http = http_runtime()?;
-    let served: anyhow::Result<()> = http.block_on(async {
+    let control = control_runtime()?;
+    let served: anyhow::Result<()> = control.block_on(async {
+        let (stops, stopping) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(shutdown_signals(stops, None));
         let listener = bind(&config, &state).await?;
-        let stop = async {
-            shutdown_signal().await;
-            Stop::Drain
-        };
-        app::serve(&config, listener, state, stop).await?;
+        app::serve(&config, listener, state, stopping).await?;
         tracing::info!("stopped");
         Ok(())
     });
-    drop(http);
+    drop(control);
     guests.shutdown_timeout(Duration::from_secs(1));
     served?;
     Ok(exit::OK)
@@ -509,8 +509,12 @@ fn run_app(cli: &Cli, args: &RunArgs) -> Result<u8, StartupError> {
         guests.handle(),
         Lifecycle::supervising(alive.clone(), port),
     )?;
-    let http = http_runtime()?;
-    let code: anyhow::Result<u8> = http.block_on(async {
+    let control = control_runtime()?;
+    let code: anyhow::Result<u8> = control.block_on(async {
+        let (stops, stopping) = tokio::sync::mpsc::unbounded_channel();
+        let (first_signal, received) = tokio::sync::oneshot::channel();
+        tokio::spawn(shutdown_signals(stops.clone(), Some(first_signal)));
+        let forward = forward_signals();
         let listener = bind(&config, &state).await?;
         // Spawned here, on the main thread, which the parent-death signal follows.
         let mut app = match child::command(&args.command).spawn() {
@@ -521,28 +525,26 @@ fn run_app(cli: &Cli, args: &RunArgs) -> Result<u8, StartupError> {
             }
         };
         let pid = app.id();
-        tracing::info!(pid, command = ?args.command, "application started");
+        // Only the program: arguments can carry secrets.
+        tracing::info!(pid, program = %args.command[0], "application started");
         let (exited_tx, mut exited) = tokio::sync::watch::channel(None);
         let watching = alive.clone();
+        let exit_stops = stops.clone();
         tokio::spawn(async move {
             let status = app.wait().await;
             watching.store(false, Ordering::SeqCst);
-            let _ = exited_tx.send(Some(child::exit_code(status)));
+            let code = child::exit_code(status);
+            tracing::warn!(code, "application exited");
+            let _ = exited_tx.send(Some(code));
+            let _ = exit_stops.send(Stop::Now);
         });
-        let mut received = None;
-        let stop = async {
-            tokio::select! {
-                signal = shutdown_signal() => {
-                    received = Some(signal);
-                    Stop::Drain
-                }
-                _ = exited.changed() => {
-                    tracing::warn!(code = ?*exited.borrow(), "application exited");
-                    Stop::Now
-                }
-            }
+        forward(pid);
+        app::serve(&config, listener, state, stopping).await?;
+        // A signal that started the stop, unless the application ended first.
+        let received = match exited.borrow().is_some() {
+            true => None,
+            false => received.await.ok(),
         };
-        app::serve(&config, listener, state, stop).await?;
         if let Some(signal) = received {
             // After the drain, pass the signal on and wait for the application.
             child::signal_group(pid, signal);
@@ -565,22 +567,71 @@ fn run_app(cli: &Cli, args: &RunArgs) -> Result<u8, StartupError> {
         tracing::info!(code, "stopped");
         Ok(code.unwrap_or(exit::FAILURE))
     });
-    drop(http);
+    drop(control);
     guests.shutdown_timeout(Duration::from_secs(1));
     Ok(code?)
 }
 
-/// Wait for SIGTERM (Kubernetes) or SIGINT (a terminal); the one that came.
-async fn shutdown_signal() -> rustix::process::Signal {
+/// SIGTERM (Kubernetes) or SIGINT (a terminal) asks `stops` for a drain, and
+/// a second one to stop at once; `first` learns which signal came first. The
+/// handlers are installed when this is called (before the listener is
+/// announced), the returned future acts on them.
+fn shutdown_signals(
+    stops: tokio::sync::mpsc::UnboundedSender<Stop>,
+    mut first: Option<tokio::sync::oneshot::Sender<rustix::process::Signal>>,
+) -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    let (name, signal) = tokio::select! {
-        _ = term.recv() => ("SIGTERM", rustix::process::Signal::TERM),
-        _ = int.recv() => ("SIGINT", rustix::process::Signal::INT),
-    };
-    tracing::info!(signal = name, "shutting down");
-    signal
+    let mut draining = false;
+    async move {
+        loop {
+            let (name, signal) = tokio::select! {
+                _ = term.recv() => ("SIGTERM", rustix::process::Signal::TERM),
+                _ = int.recv() => ("SIGINT", rustix::process::Signal::INT),
+            };
+            if draining {
+                tracing::info!(signal = name, "stopping without waiting for the drain");
+                let _ = stops.send(Stop::Now);
+                continue;
+            }
+            tracing::info!(signal = name, "shutting down");
+            draining = true;
+            if let Some(first) = first.take() {
+                let _ = first.send(signal);
+            }
+            let _ = stops.send(Stop::Drain);
+        }
+    }
+}
+
+/// `run`: the signals that do not stop probehost go straight to the
+/// application (SIGHUP to reload, SIGUSR1/SIGUSR2 for what it defines them,
+/// SIGQUIT); SIGTERM and SIGINT reach it after the drain. The handlers are
+/// installed now; the returned function starts passing signals on to the
+/// application's process group.
+fn forward_signals() -> impl FnOnce(Option<u32>) {
+    use rustix::process::Signal;
+    use tokio::signal::unix::{SignalKind, signal};
+    let installed: Vec<_> = [
+        (SignalKind::hangup(), Signal::HUP),
+        (SignalKind::quit(), Signal::QUIT),
+        (SignalKind::user_defined1(), Signal::USR1),
+        (SignalKind::user_defined2(), Signal::USR2),
+    ]
+    .into_iter()
+    .filter_map(|(kind, to_send)| Some((signal(kind).ok()?, to_send)))
+    .collect();
+    move |pid| {
+        for (mut received, to_send) in installed {
+            tokio::spawn(async move {
+                while received.recv().await.is_some() {
+                    tracing::info!(signal = ?to_send, "passing the signal to the application");
+                    child::signal_group(pid, to_send);
+                }
+            });
+        }
+    }
 }
 
 fn probe(cli: &Cli, args: &ProbeArgs) -> u8 {

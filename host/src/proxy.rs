@@ -7,17 +7,21 @@
 //! a `502`; one that does not start answering within `server.upstream_timeout`
 //! is a `504`. This module knows nothing of probes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::TaskTracker;
 
 /// The body of a response: our own text, or the upstream's stream.
 pub type Body = Either<Full<Bytes>, Incoming>;
@@ -34,57 +38,126 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// The application behind probehost.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The application behind probehost: where it is and how long it may take.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
-    /// `scheme://authority` of the application.
-    base: Uri,
+    scheme: Scheme,
+    authority: Authority,
     timeout: Duration,
 }
 
 impl Upstream {
     /// `base` is an `http://host:port` URL.
-    pub fn new(base: Uri, timeout: Duration) -> Upstream {
+    pub fn new(base: &Uri, timeout: Duration) -> Result<Upstream, String> {
+        let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
+            return Err("needs a scheme and a host, as in http://127.0.0.1:8000".into());
+        };
+        Ok(Upstream {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            timeout,
+        })
+    }
+
+    /// A client with a connection pool of its own. Each serving thread has
+    /// one, so a request, its upstream connection and its response stay on
+    /// one thread.
+    pub fn client(&self) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        connector.set_connect_timeout(Some(self.timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Upstream {
+        Proxy {
+            upstream: self.clone(),
             client,
-            base,
-            timeout,
         }
     }
+}
 
-    /// Forward `request` from `client` and return the application's response.
+/// One downstream client, as the forwarding headers name it: worked out once
+/// per connection, not per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `X-Forwarded-For` when the request brings none.
+    forwarded_for: HeaderValue,
+    /// `Forwarded` when the request brings none.
+    forwarded: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(address: SocketAddr) -> Peer {
+        let ip = address.ip().to_canonical();
+        Peer {
+            forwarded_for: header_value(ip.to_string()),
+            forwarded: header_value(format!("for={};proto=http", forwarded_node(ip))),
+        }
+    }
+}
+
+/// A text we built from an address: always a valid header value.
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(text)).expect("an address is a valid header value")
+}
+
+/// RFC 7239: IPv6 addresses are quoted and bracketed.
+fn forwarded_node(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    }
+}
+
+/// Where an upgraded connection (WebSocket) runs once the application has
+/// accepted it: tracked, so shutdown waits for it within the grace period, and
+/// holding its connection slot, so it counts against `max_connections`.
+#[derive(Debug)]
+pub struct Tunnel<'a> {
+    pub tracker: &'a TaskTracker,
+    pub slot: Arc<OwnedSemaphorePermit>,
+}
+
+/// A [`Upstream`] client of one serving thread.
+#[derive(Debug)]
+pub struct Proxy {
+    upstream: Upstream,
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Proxy {
+    /// Forward `request` from `peer` and return the application's response.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
-        client: SocketAddr,
+        peer: &Peer,
+        tunnel: Tunnel<'_>,
     ) -> Response<Body> {
         let upgrade = wants_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
-        let request = match self.outgoing(request, client) {
+        let request = match self.outgoing(request, peer, upgrade.is_some()) {
             Ok(request) => request,
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
         };
-        let mut response =
-            match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-                Err(_) => return text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
-                Ok(Err(e)) => {
-                    tracing::debug!("upstream request failed: {e}");
-                    return text(StatusCode::BAD_GATEWAY, "Bad Gateway");
-                }
-                Ok(Ok(response)) => response,
-            };
+        let timeout = self.upstream.timeout;
+        let mut response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => return text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
+            Ok(Err(e)) => {
+                tracing::debug!("upstream request failed: {e}");
+                return text(StatusCode::BAD_GATEWAY, "Bad Gateway");
+            }
+            Ok(Ok(response)) => response,
+        };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_side) = upgrade
         {
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
+            let slot = tunnel.slot;
+            tunnel.tracker.spawn(async move {
+                let _slot = slot;
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((client_io, upstream_io)) => {
                         let mut client_io = TokioIo::new(client_io);
@@ -106,34 +179,63 @@ impl Upstream {
     fn outgoing(
         &self,
         request: Request<Incoming>,
-        client: SocketAddr,
-    ) -> Result<Request<Incoming>, String> {
+        peer: &Peer,
+        upgrade: bool,
+    ) -> Result<Request<Incoming>, http::Error> {
         let (mut parts, body) = request.into_parts();
-        let upgrade = wants_upgrade(&parts.headers);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let uri = format!("{}{}", self.base.to_string().trim_end_matches('/'), path)
-            .parse::<Uri>()
-            .map_err(|e| e.to_string())?;
-        // HTTP/2 clients send the host as the URI's authority.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, host);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path)
+            .build()?;
+        let headers = &mut parts.headers;
+        if parts.version == Version::HTTP_2 {
+            // HTTP/2 clients send the host as the URI's authority, and may
+            // split cookies into several fields (RFC 9113 §8.3.1, §8.2.3).
+            if !headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                headers.insert(header::HOST, host);
+            }
+            if let Some(cookie) = joined(headers, &header::COOKIE, "; ") {
+                headers.insert(header::COOKIE, cookie);
+            }
         }
-        let upgrade_to = parts.headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(&mut parts.headers);
-        if upgrade && let Some(protocol) = upgrade_to {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, protocol);
+        let upgrade_to = if upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade_to {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
         }
-        add_forwarded(&mut parts.headers, client);
+        add_forwarded(headers, peer);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// Every value of `name` joined by `separator`, when there are several.
+fn joined(headers: &HeaderMap, name: &HeaderName, separator: &str) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut rest = values.peekable();
+    rest.peek()?;
+    let mut text = first.as_bytes().to_vec();
+    for value in rest {
+        text.extend_from_slice(separator.as_bytes());
+        text.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -148,43 +250,51 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// Drop hop-by-hop headers, including those named in `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
 
-/// Append the client to `X-Forwarded-For` and `Forwarded`; set
-/// `X-Forwarded-Proto` when no outer proxy did.
-fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", value);
+/// Append the client to `X-Forwarded-For` and `Forwarded` (every line of
+/// them an outer proxy sent is kept); set `X-Forwarded-Proto` when no outer
+/// proxy did.
+fn add_forwarded(headers: &mut HeaderMap, peer: &Peer) {
+    append_hop(headers, X_FORWARDED_FOR, &peer.forwarded_for);
+    append_hop(headers, header::FORWARDED, &peer.forwarded);
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+}
+
+/// `name` becomes `ours` when the request has none, else every value it has
+/// joined with `, ` and then ours.
+fn append_hop(headers: &mut HeaderMap, name: HeaderName, ours: &HeaderValue) {
+    let existing: Vec<&[u8]> = headers
+        .get_all(&name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if existing.is_empty() {
+        headers.insert(name, ours.clone());
+        return;
     }
-    // RFC 7239: IPv6 addresses are quoted and bracketed.
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, for={node};proto=http"),
-        None => format!("for={node};proto=http"),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
-        headers.insert(header::FORWARDED, value);
+    let mut text = existing.join(&b", "[..]);
+    text.extend_from_slice(b", ");
+    text.extend_from_slice(ours.as_bytes());
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(text)) {
+        headers.insert(name, value);
     }
 }
 
@@ -226,7 +336,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        add_forwarded(&mut headers, "10.0.0.2:5000".parse().unwrap());
+        add_forwarded(&mut headers, &Peer::new("10.0.0.2:5000".parse().unwrap()));
         assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 10.0.0.2");
         assert_eq!(
             headers["x-forwarded-proto"], "https",
@@ -235,10 +345,62 @@ mod tests {
         assert_eq!(headers[header::FORWARDED], "for=10.0.0.2;proto=http");
 
         let mut headers = HeaderMap::new();
-        add_forwarded(&mut headers, "[::1]:5000".parse().unwrap());
+        add_forwarded(&mut headers, &Peer::new("[::1]:5000".parse().unwrap()));
         assert_eq!(headers["x-forwarded-for"], "::1");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers[header::FORWARDED], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn every_line_an_outer_proxy_sent_is_kept() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.2"));
+        headers.append(
+            header::FORWARDED,
+            HeaderValue::from_static("for=203.0.113.7"),
+        );
+        headers.append(
+            header::FORWARDED,
+            HeaderValue::from_static("for=198.51.100.2"),
+        );
+        add_forwarded(&mut headers, &Peer::new("10.0.0.2:5000".parse().unwrap()));
+        let all = |name| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            all("x-forwarded-for"),
+            ["203.0.113.7, 198.51.100.2, 10.0.0.2"]
+        );
+        assert_eq!(
+            all("forwarded"),
+            ["for=203.0.113.7, for=198.51.100.2, for=10.0.0.2;proto=http"]
+        );
+    }
+
+    #[test]
+    fn an_ipv4_client_on_a_dual_stack_socket_is_named_as_ipv4() {
+        let peer = Peer::new("[::ffff:10.0.0.2]:5000".parse().unwrap());
+        assert_eq!(peer.forwarded_for, "10.0.0.2");
+        assert_eq!(peer.forwarded, "for=10.0.0.2;proto=http");
+    }
+
+    #[test]
+    fn split_cookies_are_joined_with_semicolons() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(joined(&headers, &header::COOKIE, "; "), None);
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        assert_eq!(
+            joined(&headers, &header::COOKIE, "; "),
+            None,
+            "one field stays as it is"
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(joined(&headers, &header::COOKIE, "; ").unwrap(), "a=1; b=2");
     }
 
     #[test]

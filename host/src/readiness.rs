@@ -422,8 +422,10 @@ impl Readiness {
         });
     }
 
-    /// The evaluation a readiness request should read.
-    pub fn evaluation(&self, request: Option<ProbeRequest>) -> Arc<Evaluation> {
+    /// The evaluation a readiness request should read. `request` describes the
+    /// HTTP request to the probes; it is only called when a new evaluation
+    /// starts.
+    pub fn evaluation(&self, request: impl FnOnce() -> Option<ProbeRequest>) -> Arc<Evaluation> {
         let latest = self
             .latest_finished
             .lock()
@@ -448,7 +450,7 @@ impl Readiness {
                 return current.clone();
             }
         }
-        let evaluation = self.evaluator.start(request);
+        let evaluation = self.evaluator.start(request());
         *newest = Some(evaluation.clone());
         evaluation
     }

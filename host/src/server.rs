@@ -9,7 +9,6 @@
 //! testable without a socket. This module knows nothing of wasm.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,16 +22,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::plugin::ProbeRequest;
-use crate::proxy::{Body, Upstream, text};
+use crate::proxy::{Body, Peer, Proxy, Tunnel, Upstream, text};
 use crate::readiness::{ProbeResult, Readiness, Verdict};
 
 /// Largest request head accepted (HTTP/1 buffer); beyond it, 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How often an idle HTTP/2 client is pinged, and how long it has to answer.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// How long a liveness check waits for the upstream port to accept.
 const UPSTREAM_LIVENESS_TIMEOUT: Duration = Duration::from_millis(300);
 /// Marks probehost's own answers, so `probe --ready` can tell it is talking to
@@ -173,6 +175,7 @@ pub struct AppState {
     pub routes: Routes,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Proxy mode: the application. Each serving thread makes its own client.
     pub upstream: Option<Upstream>,
     /// Whether verbose and JSON answers include the probes' messages.
     pub verbose: bool,
@@ -241,7 +244,7 @@ async fn ready<B>(state: &AppState, request: &Request<B>, probe: Option<usize>) 
     } else {
         Format::Plain
     };
-    let evaluation = state.readiness.evaluation(Some(probe_request(request)));
+    let evaluation = state.readiness.evaluation(|| Some(probe_request(request)));
     let age = evaluation.age();
     match (format, probe) {
         (Format::Plain, None) => match evaluation.verdict(&query.exclude).await {
@@ -258,10 +261,13 @@ async fn ready<B>(state: &AppState, request: &Request<B>, probe: Option<usize>) 
             None => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
         },
         (format, probe) => {
-            let mut results = evaluation.results().await;
-            if let Some(index) = probe {
-                results = results.into_iter().skip(index).take(1).collect();
-            }
+            let results = match probe {
+                None => evaluation.results().await,
+                Some(index) => match evaluation.result(index).await {
+                    Some(result) => vec![result],
+                    None => return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+                },
+            };
             let failed = results
                 .iter()
                 .find(|r| !r.is_ready() && !query.exclude.contains(&r.name))
@@ -416,16 +422,33 @@ fn route_label(route: &Route) -> RouteLabel {
     }
 }
 
+/// What the connections of one serving thread share.
+struct Worker {
+    state: Arc<AppState>,
+    /// Proxy mode: this thread's client of the application.
+    proxy: Option<Proxy>,
+    /// Upgraded connections (WebSocket) still running.
+    tunnels: TaskTracker,
+}
+
 /// Handle one request: answer it or forward it.
 async fn handle(
-    state: Arc<AppState>,
+    worker: &Worker,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
+    slot: &Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
+    let state = &worker.state;
     let route = state.routes.route(request.method(), request.uri().path());
-    let response = match (&route, &state.upstream) {
-        (Route::Upstream, Some(upstream)) => upstream.forward(request, peer).await,
-        _ => answer(&state, &request, &route).await,
+    let response = match (&route, &worker.proxy) {
+        (Route::Upstream, Some(proxy)) => {
+            let tunnel = Tunnel {
+                tracker: &worker.tunnels,
+                slot: slot.clone(),
+            };
+            proxy.forward(request, peer, tunnel).await
+        }
+        _ => answer(state, &request, &route).await,
     };
     state
         .metrics
@@ -450,6 +473,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// Threads serving connections.
+    pub threads: usize,
 }
 
 impl ServeOptions {
@@ -459,35 +484,103 @@ impl ServeOptions {
             grace: config.grace,
             header_read_timeout: config.header_read_timeout,
             max_connections: config.max_connections,
+            threads: config.threads,
         }
     }
 }
 
-/// Serve `state` on `listener` until `stop` completes; then drain if asked,
-/// close the listener, and let in-flight requests finish within the grace
-/// period.
+/// Serve `state` on `listener` until `stops` says how to stop; then drain if
+/// asked (another word from `stops` during the drain cuts it short), close the
+/// listener, and let in-flight requests finish within the grace period. A
+/// closed `stops` is [`Stop::Now`].
+///
+/// Connections are served by `options.threads` threads, each with a
+/// single-threaded runtime of its own that accepts from the shared listener, as
+/// nginx's workers do: a connection, its requests, its upstream connection and
+/// the response never change threads, which costs a fifth less CPU per proxied
+/// request than a work-stealing runtime does. Probes never run on these
+/// threads (they have a runtime of their own), so a liveness answer never
+/// waits behind one.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     options: ServeOptions,
-    stop: impl Future<Output = Stop>,
+    mut stops: mpsc::UnboundedReceiver<Stop>,
 ) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    // Connections beyond the limit wait in the kernel's backlog.
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let (close, closed) = watch::channel(false);
+    let mut workers = Vec::new();
+    for index in 0..options.threads.max(1) {
+        let listener = listener.try_clone()?;
+        let (state, slots, closed) = (state.clone(), slots.clone(), closed.clone());
+        let (done, finished) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("probehost-http-{index}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(accept_loop(listener, state, options, slots, closed))
+                    });
+                // Tunnels still open past the grace end with the runtime.
+                let _ = done.send(served);
+            })?;
+        workers.push(finished);
+    }
+    // The threads hold the listening socket now; it closes when they drop it.
+    drop(listener);
+
+    if stops.recv().await == Some(Stop::Drain) {
+        tracing::info!(drain = ?options.drain, "draining: readiness answers 503 until the listener closes");
+        state.lifecycle.start_draining();
+        tokio::select! {
+            () = tokio::time::sleep(options.drain) => {}
+            Some(_) = stops.recv() => tracing::info!("drain cut short"),
+        }
+    }
+    let _ = close.send(true);
+    let mut result = Ok(());
+    for finished in workers {
+        match finished.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(std::io::Error::other("a serving thread panicked")),
+        }
+    }
+    result
+}
+
+/// One serving thread: accept until `closed`, then stop accepting and give the
+/// connections (and tunnels) in flight `options.grace` to finish.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+    options: ServeOptions,
+    slots: Arc<Semaphore>,
+    mut closed: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Find dead HTTP/2 peers; an idle live one holds a connection slot.
+        .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE);
     let graceful = GracefulShutdown::new();
-    // Connections beyond the limit wait in the kernel's backlog.
-    let slots = Arc::new(Semaphore::new(options.max_connections));
-    tokio::pin!(stop);
-
-    // Armed when draining starts.
-    let drained = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-    tokio::pin!(drained);
-    let mut draining = false;
+    let worker = Arc::new(Worker {
+        proxy: state.upstream.as_ref().map(Upstream::client),
+        state,
+        tunnels: TaskTracker::new(),
+    });
     loop {
         let accept = async {
             let slot = slots
@@ -499,19 +592,7 @@ pub async fn serve(
         };
         let (slot, accepted) = tokio::select! {
             accepted = accept => accepted,
-            how = &mut stop, if !draining => {
-                match how {
-                    Stop::Now => break,
-                    Stop::Drain => {
-                        tracing::info!(drain = ?options.drain, "draining: readiness answers 503 until the listener closes");
-                        state.lifecycle.start_draining();
-                        draining = true;
-                        drained.as_mut().reset(tokio::time::Instant::now() + options.drain);
-                        continue;
-                    }
-                }
-            }
-            () = &mut drained, if draining => break,
+            _ = closed.wait_for(|closed| *closed) => break,
         };
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
@@ -525,17 +606,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let stream = FirstByteDeadline::new(stream, options.header_read_timeout);
-        let state = state.clone();
+        // Held by the connection, and by its tunnel if it is upgraded.
+        let slot = Arc::new(slot);
+        let peer = Peer::new(peer);
+        let worker = worker.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, request, peer).await) }
+            let (worker, peer, slot) = (worker.clone(), peer.clone(), slot.clone());
+            async move { Ok::<_, Infallible>(handle(&worker, request, &peer, &slot).await) }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!("connection ended with an error: {e}");
             }
@@ -543,10 +626,12 @@ pub async fn serve(
     }
 
     drop(listener);
-    if tokio::time::timeout(options.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    worker.tunnels.close();
+    let finished = async {
+        graceful.shutdown().await;
+        worker.tunnels.wait().await;
+    };
+    if tokio::time::timeout(options.grace, finished).await.is_err() {
         tracing::warn!("some connections did not finish within {:?}", options.grace);
     }
     Ok(())

@@ -34,6 +34,14 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// More serving threads than this only adds contention.
+pub const MAX_THREADS: i64 = 64;
+
+/// One serving thread per CPU the process may use (the cgroup's CPU quota
+/// counts), at least one.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS as usize))
+}
 
 /// Overall readiness deadline: below Kubernetes' default 1 s probe timeout, so
 /// the answer is a 503 with a reason rather than a probe timeout.
@@ -97,6 +105,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Threads serving connections (default: one per CPU the process may use).
+    pub threads: usize,
     /// Whether `?verbose` and JSON answers include probes' messages.
     pub verbose: bool,
     /// `run`: liveness also needs the upstream port to accept connections.

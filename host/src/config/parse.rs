@@ -40,6 +40,7 @@ const SERVER_KEYS: &[&str] = &[
     "grace",
     "header_read_timeout",
     "max_connections",
+    "threads",
     "verbose",
     "liveness_upstream",
 ];
@@ -200,6 +201,21 @@ impl<'a> Parser<'a> {
             .and_then(|t| self.field(t, "server", "max_connections", Self::integer))
             .map(|n| usize::try_from(n).unwrap_or(0).max(1))
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let threads = match table.and_then(|t| t.get("threads")) {
+            None => default_threads(),
+            Some(item) => match self.integer(item, "server.threads") {
+                Some(n) if (1..=MAX_THREADS).contains(&n) => n as usize,
+                Some(n) => {
+                    self.problem(
+                        item.span(),
+                        "server.threads",
+                        format!("{n} is not between 1 and {MAX_THREADS}"),
+                    );
+                    1
+                }
+                None => 1,
+            },
+        };
         let flag = |parser: &mut Self, key: &str, default: bool| {
             table
                 .and_then(|t| t.get(key))
@@ -231,6 +247,7 @@ impl<'a> Parser<'a> {
             grace,
             header_read_timeout,
             max_connections,
+            threads,
             verbose,
             liveness_upstream,
         }

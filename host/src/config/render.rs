@@ -39,6 +39,7 @@ pub(super) fn render(config: &Config) -> String {
     server["grace"] = value(duration(s.grace));
     server["header_read_timeout"] = value(duration(s.header_read_timeout));
     server["max_connections"] = value(i64::try_from(s.max_connections).unwrap_or(i64::MAX));
+    server["threads"] = value(i64::try_from(s.threads).unwrap_or(i64::MAX));
     server["verbose"] = value(s.verbose);
     server["liveness_upstream"] = value(s.liveness_upstream);
     doc["server"] = Item::Table(server);

@@ -172,7 +172,7 @@ timeout = 0
         [
             r#"probehost.toml:3:10: server.listen: "nowhere" is not an IP address and port, e.g. "0.0.0.0:8080""#,
             r#"probehost.toml:4:15: server.ready_paths: "readyz" is not a URL path (it must start with `/` and have no query)"#,
-            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, max_connections, verbose, liveness_upstream)"#,
+            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, max_connections, threads, verbose, liveness_upstream)"#,
             r#"probehost.toml:8:7: databases.default.url: invalid database URL: unsupported scheme `redis` (expected postgres, postgresql, mysql, mariadb or sqlite)"#,
             r#"probehost.toml:9:19: databases.default.connect_timeout: "soon" is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
             r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached)"#,
@@ -353,4 +353,17 @@ http = ["http://127.0.0.1:8080", "https://api.example.com/v1", "ftp://x"]
     assert_eq!(probe.network.len(), 1);
     assert_eq!(probe.network[0].to_string(), "redis.default.svc:6379");
     assert_eq!(probe.http[0].to_string(), "https://api.example.com");
+}
+
+#[test]
+fn serving_threads_default_to_the_cpus_and_are_bounded() {
+    let config = parse_with("", &[]).unwrap();
+    assert_eq!(config.server.threads, super::default_threads());
+    assert!(config.server.threads >= 1);
+    let config = parse_with("[server]\nthreads = 3\n", &[]).unwrap();
+    assert_eq!(config.server.threads, 3);
+    assert_eq!(
+        problems("[server]\nthreads = 0\n"),
+        ["probehost.toml:2:11: server.threads: 0 is not between 1 and 64"]
+    );
 }

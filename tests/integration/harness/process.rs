@@ -63,6 +63,23 @@ pub fn run(command: &mut Command) -> Output {
     }
 }
 
+/// The address in a `listening` log line, text (`listening address=...`) or
+/// JSON (`"message":"listening",...,"address":"..."`).
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    let rest = if let Some(at) = line.find("listening address=") {
+        &line[at + "listening address=".len()..]
+    } else if line.contains(r#""message":"listening""#) {
+        let at = line.find(r#""address":""#)?;
+        &line[at + r#""address":""#.len()..]
+    } else {
+        return None;
+    };
+    rest.split(|c: char| c.is_whitespace() || c == '"')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `probehost serve` in the background. Killed when dropped.
 pub struct Server {
     child: Child,
@@ -91,14 +108,10 @@ impl Server {
         thread::spawn(move || {
             let mut found = Some(found);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening address=") {
-                    let address = line[at + "listening address=".len()..]
-                        .split_whitespace()
-                        .next()
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                    if let (Some(tx), Some(address)) = (found.take(), address) {
-                        let _ = tx.send(address);
-                    }
+                if let Some(address) = listening_address(&line)
+                    && let Some(tx) = found.take()
+                {
+                    let _ = tx.send(address);
                 }
                 let mut log = collected.lock().unwrap();
                 log.push_str(&line);

@@ -94,3 +94,32 @@ fn idle_connections_are_bounded_in_number_and_time() {
         );
     }
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use std::io::Write;
+    let (_dir, server) = server("header_read_timeout = \"1s\"");
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 256];
+    while !answer.ends_with(b"Ok") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    // Kept alive, then idle: closed once the next head is overdue.
+    let idle = Instant::now();
+    assert!(matches!(stream.read(&mut buffer), Ok(0)), "not closed");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}

@@ -145,7 +145,10 @@ fn metrics_follow_a_failure_and_a_recovery() {
         ),
     );
     let server = Server::start(&config);
-    assert_eq!(server.get("/readyz").status, 503);
+    // Three failing evaluations: one state change.
+    for _ in 0..3 {
+        assert_eq!(server.get("/readyz").status, 503);
+    }
     let down = server.get("/metrics");
     assert_eq!(
         down.header("content-type"),
@@ -154,9 +157,9 @@ fn metrics_follow_a_failure_and_a_recovery() {
     for line in [
         "probehost_ready 0",
         "probehost_probe_up{probe=\"database\"} 0",
-        "probehost_probe_checks_total{probe=\"database\",result=\"not_ready\"} 1",
+        "probehost_probe_checks_total{probe=\"database\",result=\"not_ready\"} 3",
         "probehost_probe_up{probe=\"memcached\"} 1",
-        "probehost_http_requests_total{route=\"ready\",status=\"5xx\"} 1",
+        "probehost_http_requests_total{route=\"ready\",status=\"5xx\"} 3",
     ] {
         assert!(
             down.body.lines().any(|l| l == line),
@@ -169,24 +172,92 @@ fn metrics_follow_a_failure_and_a_recovery() {
         .get("/readyz")
         .status
         == 200));
+    for _ in 0..2 {
+        assert_eq!(server.get("/readyz").status, 200);
+    }
     let up = server.get("/metrics").body;
     for line in [
         "probehost_ready 1",
         "probehost_probe_up{probe=\"database\"} 1",
-        "probehost_probe_checks_total{probe=\"database\",result=\"ready\"} 1",
-        "probehost_probe_duration_seconds_count{probe=\"database\"} 2",
-        "probehost_http_requests_total{route=\"ready\",status=\"2xx\"} 1",
+        "probehost_probe_checks_total{probe=\"database\",result=\"ready\"} 3",
+        "probehost_probe_duration_seconds_count{probe=\"database\"} 6",
+        "probehost_http_requests_total{route=\"ready\",status=\"2xx\"} 3",
     ] {
         assert!(up.lines().any(|l| l == line), "missing {line:?}:\n{up}");
     }
+    // Six evaluations, two changes of the database probe's state (and the
+    // memcached probe's first answer): a line for each change, none per request.
     let log = server.log();
-    assert_eq!(
-        log.matches("probe is not ready").count(),
-        1,
-        "one line per state change:\n{log}"
-    );
+    let lines = |probe: &str, what: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("probe={probe}")) && l.contains(what))
+            .count()
+    };
+    assert_eq!(lines("database", "probe is not ready"), 1, "{log}");
+    assert_eq!(lines("database", "probe is ready"), 1, "{log}");
+    assert_eq!(lines("memcached", "probe is ready"), 1, "{log}");
     assert!(
-        log.contains("probe=database") && log.contains("probe is ready"),
+        log.lines().any(|l| l.contains("probe is not ready")
+            && l.contains("reason=db: could not connect to database")),
+        "the reason is logged:\n{log}"
+    );
+}
+
+/// `--log-format json`: every line is one JSON object; a probe's change of
+/// state names the probe and the reason; no password is written.
+#[test]
+fn json_logs_name_each_change_and_no_secret() {
+    require(Service::Postgres);
+    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
+    let dir = TestDir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!(
+            "[databases.default]\nurl = \"postgres://postgres:hunter2-secret@{}/test\"\n",
+            postgres.address()
+        ),
+    );
+    let server = Server::start_with(
+        probehost()
+            .args(["--log-format", "json", "--config"])
+            .arg(&config)
+            .arg("serve"),
+    );
+    assert_eq!(server.get("/readyz").status, 503);
+    postgres.set_mode(Mode::Pass);
+    assert!(eventually(Duration::from_secs(10), || server
+        .get("/readyz")
+        .status
+        == 200));
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let changes: Vec<(&str, &str, Option<&str>)> = lines
+        .iter()
+        .filter(|l| l["fields"]["probe"] == "database")
+        .filter_map(|l| {
+            Some((
+                l["level"].as_str()?,
+                l["fields"]["message"].as_str()?,
+                l["fields"]["reason"].as_str(),
+            ))
+        })
+        .filter(|(_, message, _)| message.starts_with("probe is"))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "WARN",
+                "probe is not ready",
+                Some("db: could not connect to database")
+            ),
+            ("INFO", "probe is ready", None),
+        ],
         "{log}"
     );
+    assert!(!log.contains("hunter2"), "a password is in the log:\n{log}");
 }

@@ -130,3 +130,31 @@ fn liveness_can_require_the_applications_port() {
         "liveness ignores the closed port"
     );
 }
+
+#[test]
+fn other_signals_go_straight_to_the_application() {
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    let script = format!(
+        "trap 'echo HUP >> {0}' HUP; trap 'echo USR1 >> {0}' USR1; \
+         trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        marker.path().display()
+    );
+    let (_dir, server) = run_app("drain = \"1s\"", &["sh", "-c", &script]);
+    app_pid(&server);
+    assert_eq!(server.get("/readyz").status, 200);
+    server.signal(Signal::HUP);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(marker.path()).unwrap() == "HUP\n"
+        }),
+        "SIGHUP was not passed on; log:\n{}",
+        server.log()
+    );
+    server.signal(Signal::USR1);
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(marker.path()).unwrap() == "HUP\nUSR1\n"
+    }));
+    // Neither stops probehost or the application, nor starts a drain.
+    assert_eq!(server.get("/readyz").status, 200);
+    assert_eq!(server.terminate().code(), Some(0));
+}
