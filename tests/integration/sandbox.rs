@@ -257,6 +257,27 @@ fn hostile_probes_together_leave_the_host_and_the_other_probes_unaffected() {
             "fetcher",
             "config = { action = \"http\", url = \"http://127.0.0.1:1/\" }",
         ),
+        // Granted one address or origin, reaching for another.
+        probe(
+            "strayer",
+            "network = [\"127.0.0.1:6379\"]\nconfig = { action = \"connect\", address = \"127.0.0.1:5432\" }",
+        ),
+        probe(
+            "wanderer",
+            "http = [\"http://127.0.0.1:9\"]\nconfig = { action = \"http\", url = \"http://127.0.0.1:1/\" }",
+        ),
+        probe(
+            "broadcaster",
+            "network = [\"127.0.0.1:6379\"]\nconfig = { action = \"udp\", address = \"127.0.0.1:6379\" }",
+        ),
+        probe(
+            "listener",
+            "network = [\"127.0.0.1:6379\"]\nconfig = { action = \"listen\", address = \"127.0.0.1:0\" }",
+        ),
+        probe(
+            "screamer",
+            "config = { action = \"stderr-flood\", count = 500, message = \"hoarse\" }",
+        ),
     ]
     .concat();
     let dir = TestDir::new();
@@ -292,6 +313,11 @@ fn hostile_probes_together_leave_the_host_and_the_other_probes_unaffected() {
         "[-]snooper failed: environment: []",
         "[-]dialer failed: connect failed: PermissionDenied",
         "[-]fetcher failed: http failed: request not granted",
+        "[-]strayer failed: connect failed: PermissionDenied",
+        "[-]wanderer failed: http failed: request not granted",
+        "[-]broadcaster failed: udp failed: PermissionDenied",
+        "[-]listener failed: listen failed: PermissionDenied",
+        "[-]screamer failed: screamer: crashed: panicked at",
     ] {
         assert!(
             body.lines().any(|l| l.starts_with(expected)),
@@ -314,4 +340,67 @@ fn hostile_probes_together_leave_the_host_and_the_other_probes_unaffected() {
     );
     // The host is still whole: the good probe alone is ready.
     assert_eq!(server.get("/readyz/good").status, 200);
+}
+
+#[test]
+fn name_lookups_reach_the_resolver_only_for_granted_names() {
+    let resolve = |grant: &str, name: &str| {
+        let (_dir, server) = server_with(
+            &format!("{grant}\nconfig = {{ action = \"resolve\", name = \"{name}\" }}"),
+            "",
+        );
+        let body = server.get("/readyz").body;
+        assert_eq!(server.get("/livez").status, 200);
+        body
+    };
+    // `localhost` resolves here, so only the grant makes the difference.
+    assert!(
+        resolve("network = [\"localhost:6379\"]", "localhost").starts_with("resolved "),
+        "a granted name resolves"
+    );
+    for grant in ["network = [\"127.0.0.1:6379\"]", ""] {
+        let answer = resolve(grant, "localhost");
+        assert!(
+            answer.starts_with("resolve failed"),
+            "{grant:?}: a name outside the grant reached the resolver: {answer}"
+        );
+    }
+}
+
+#[test]
+fn udp_and_listening_are_never_allowed() {
+    for (action, expected) in [
+        ("udp", "udp failed: PermissionDenied"),
+        ("listen", "listen failed: PermissionDenied"),
+    ] {
+        let (_dir, server) = server_with(
+            &format!(
+                "network = [\"127.0.0.1:6379\"]\nconfig = {{ action = \"{action}\", address = \"127.0.0.1:6379\" }}"
+            ),
+            "",
+        );
+        assert_contained(&server, expected);
+    }
+}
+
+#[test]
+fn a_probe_that_floods_stderr_and_stdout_is_bounded() {
+    let (_dir, server) = server_with(
+        "config = { action = \"stderr-flood\", count = 5000, message = \"hoarse\" }",
+        "",
+    );
+    let response = server.get("/readyz");
+    assert_eq!(response.status, 503);
+    assert!(
+        response.body.starts_with("subject: crashed: panicked at")
+            && response.body.ends_with(": hoarse"),
+        "{}",
+        response.body
+    );
+    let log = server.log();
+    assert!(
+        !log.contains("stderr line") && !log.contains("stdout line"),
+        "the flood reached the host log"
+    );
+    assert_eq!(server.get("/livez").status, 200);
 }

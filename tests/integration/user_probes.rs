@@ -28,6 +28,27 @@ fn server_with_env(component: &str, table: &str, env: &[(&str, &str)]) -> (TestD
     (dir, server)
 }
 
+/// Send each command to the Redis at `address` on one connection, expecting
+/// `+OK` for each.
+fn redis_command(address: SocketAddr, commands: &[&[&str]]) {
+    use std::io::{BufRead, Write};
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    for command in commands {
+        let mut encoded = format!("*{}\r\n", command.len());
+        for arg in *command {
+            encoded.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        (&stream).write_all(encoded.as_bytes()).unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        assert_eq!(reply, "+OK\r\n", "{command:?}");
+    }
+}
+
 fn redis_table(address: SocketAddr, grant: Option<SocketAddr>, extra: &str) -> String {
     let grant = grant.map_or(String::new(), |g| format!("network = [\"{g}\"]\n"));
     format!("{grant}config = {{ address = \"{address}\"{extra} }}")
@@ -133,6 +154,35 @@ impl Redis {
             &[("REDIS_PASSWORD", "s3cret-pass")],
         );
         assert_answer(&server, (200, "Ok"));
+
+        // An ACL user of its own (`username`), as Redis 6 has them.
+        redis_command(
+            redis.address(),
+            &[
+                &["AUTH", "s3cret-pass"],
+                &[
+                    "ACL",
+                    "SETUSER",
+                    "probe",
+                    "on",
+                    ">probe-pass",
+                    "+ping",
+                    "+role",
+                ],
+            ],
+        );
+        let user_table = |password: &str| {
+            redis_table(
+                redis.address(),
+                Some(redis.address()),
+                &format!(", username = \"probe\", password = \"{password}\""),
+            )
+        };
+        let (_dir, server) = server_with(&self.component(), &user_table("probe-pass"));
+        assert_answer(&server, (200, "Ok"));
+        let (_dir, server) = server_with(&self.component(), &user_table("s3cret-pass"));
+        assert_answer(&server, (503, "redis: could not connect"));
+        assert!(server.log().contains("WRONGPASS"), "{}", server.log());
 
         // Without a password the server refuses PING.
         let (_dir, server) = server_with(
@@ -324,6 +374,28 @@ fn the_http_probe_cannot_reach_an_origin_outside_its_grant() {
     );
     assert!(server.get("/readyz").body.contains("request not granted"));
     assert!(app.seen().is_empty());
+}
+
+/// A redirect is an answer, not an instruction: the probe never follows it,
+/// so a granted origin cannot send it to one outside the grant.
+#[test]
+fn the_http_probe_does_not_follow_redirects() {
+    let app = Upstream::start();
+    let elsewhere = Upstream::start();
+    let path = format!("/redirect?to={}/secret", elsewhere.url());
+    // Like Kubernetes' httpGet, the default range counts a 3xx as ready.
+    let (_dir, server) = server_with(HTTP_PROBE, &http_table(&app, &path, ""));
+    assert_answer(&server, (200, "Ok"));
+    let (_dir, server) = server_with(HTTP_PROBE, &http_table(&app, &path, ", status = \"200\""));
+    assert_answer(
+        &server,
+        (
+            503,
+            &format!("http: status 302 from {}{path} (expected 200)", app.url()),
+        ),
+    );
+    assert_eq!(app.seen().len(), 2);
+    assert!(elsewhere.seen().is_empty(), "the redirect was followed");
 }
 
 #[test]

@@ -13,8 +13,9 @@ The original::
 Here ``redis_client`` is a small RESP client over a socket from ``net.connect``
 (the component can only reach the addresses its ``network`` grant lists).
 Settings, in ``[probes.NAME.config]``: ``address`` (default
-``127.0.0.1:6379``), ``password`` (sends ``AUTH``), ``timeout`` (default
-``500ms``), as for the Rust Redis probe.
+``127.0.0.1:6379``), ``password`` (sends ``AUTH``), ``username`` (the ACL
+user ``AUTH`` names, Redis 6+), ``timeout`` (default ``500ms``), as for the
+Rust Redis probe.
 
 Build::
 
@@ -32,15 +33,18 @@ logger = logging.getLogger("myapp.probe")
 class RedisClient:
     """Just enough of Redis for a readiness check: ``AUTH`` and ``PING``."""
 
-    def __init__(self, address, password=None, timeout=0.5):
+    def __init__(self, address, password=None, username=None, timeout=0.5):
         self.address = address
         self.password = password
+        self.username = username
         self.timeout = timeout
 
     def ping(self):
         with net.connect(self.address, self.timeout) as conn:
             reader = conn.makefile("rb")
-            if self.password:
+            if self.password and self.username:
+                self._call(conn, reader, "AUTH", self.username, self.password)
+            elif self.password:
                 self._call(conn, reader, "AUTH", self.password)
             reply = self._call(conn, reader, "PING")
             if reply != b"+PONG":
@@ -66,6 +70,7 @@ def redis_client():
     return RedisClient(
         config.get("address", "127.0.0.1:6379"),
         password=config.get("password") or None,
+        username=config.get("username") or None,
         timeout=config.duration("timeout", 0.5),
     )
 

@@ -491,7 +491,23 @@ impl tokio::io::AsyncWrite for Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::{Capture, truncate};
+
+    #[tokio::test]
+    async fn captured_stderr_keeps_only_its_last_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let capture = Capture::new(64);
+        let mut writer = capture.clone();
+        for i in 0..10_000 {
+            writer
+                .write_all(format!("line {i} {}\n", "x".repeat(50)).as_bytes())
+                .await
+                .unwrap();
+        }
+        writer.write_all(b"the end\n").await.unwrap();
+        assert!(capture.buffer.lock().unwrap().len() <= 64);
+        assert_eq!(capture.last_line().as_deref(), Some("the end"));
+    }
 
     #[test]
     fn truncate_keeps_whole_characters() {

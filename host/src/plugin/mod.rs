@@ -475,6 +475,12 @@ impl Drop for EpochTicker {
 /// Replace WASI's `resolve-addresses` with one that answers only for the host
 /// names the probe's `network` grant lists (and for IP addresses written out),
 /// so a probe cannot send arbitrary names to the resolver.
+///
+/// The instance name must be the exact version wasmtime-wasi defines (its
+/// newest `wasi:sockets` 0.2.x): components importing any 0.2.x version are
+/// linked to that one. After a wasmtime-wasi upgrade that moves the version,
+/// the test `name_lookups_reach_the_resolver_only_for_granted_names` fails
+/// until this name follows it.
 fn limit_name_lookups(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime::component::Resource;
     use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{Host as _, ResolveAddressStream};

@@ -116,6 +116,11 @@ impl HttpOrigin {
         let Some(authority) = uri.authority() else {
             return false;
         };
+        // The connection goes to the whole authority: one with user info
+        // (`user@host`) is not the host it names.
+        if authority.as_str().contains('@') {
+            return false;
+        }
         let Ok(host) = parse_host(authority.host()) else {
             return false;
         };
@@ -194,8 +199,15 @@ impl SocketPolicy {
             // address; only that bind is allowed.
             SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
             SocketAddrUse::TcpConnect => {
-                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                self.resolved().await.contains(&addr)
+                let addr = canonical(addr);
+                if self.resolved().await.contains(&addr) {
+                    return true;
+                }
+                // The probe resolved a granted name itself and may have got
+                // other addresses (round-robin DNS, a service that moved):
+                // look the names granted on that port up once more.
+                let again = self.grants.iter().filter(|g| g.port == addr.port());
+                resolve(again).await.contains(&addr)
             }
             _ => false,
         }
@@ -203,27 +215,31 @@ impl SocketPolicy {
 
     async fn resolved(&self) -> &[SocketAddr] {
         self.resolved
-            .get_or_init(|| async {
-                let mut addrs = Vec::new();
-                for grant in self.grants.iter() {
-                    match &grant.host {
-                        GrantHost::Ip(ip) => addrs.push(SocketAddr::new(*ip, grant.port)),
-                        GrantHost::Name(name) => {
-                            match tokio::net::lookup_host((name.as_str(), grant.port)).await {
-                                Ok(found) => addrs.extend(
-                                    found.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())),
-                                ),
-                                Err(e) => {
-                                    tracing::debug!(grant = %grant, "cannot resolve granted host: {e}")
-                                }
-                            }
-                        }
-                    }
-                }
-                addrs
-            })
+            .get_or_init(|| resolve(self.grants.iter()))
             .await
     }
+}
+
+/// IPv4 addresses as IPv4, also when written as IPv6-mapped.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The addresses `grants` name or resolve to now.
+async fn resolve(grants: impl Iterator<Item = &NetworkGrant>) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for grant in grants {
+        match &grant.host {
+            GrantHost::Ip(ip) => addrs.push(canonical(SocketAddr::new(*ip, grant.port))),
+            GrantHost::Name(name) => {
+                match tokio::net::lookup_host((name.as_str(), grant.port)).await {
+                    Ok(found) => addrs.extend(found.map(canonical)),
+                    Err(e) => tracing::debug!(grant = %grant, "cannot resolve granted host: {e}"),
+                }
+            }
+        }
+    }
+    addrs
 }
 
 #[cfg(test)]
@@ -270,6 +286,11 @@ mod tests {
         assert!(!o.matches(&"http://api.example.com/".parse().unwrap()));
         let o: HttpOrigin = "http://[::1]:9000/".parse().unwrap();
         assert!(o.matches(&"http://[::1]:9000/x".parse().unwrap()));
+        let o: HttpOrigin = "http://127.0.0.1:8080".parse().unwrap();
+        assert!(
+            !o.matches(&"http://evil@127.0.0.1:8080/".parse().unwrap()),
+            "user info in the authority"
+        );
     }
 
     #[test]
@@ -304,5 +325,20 @@ mod tests {
         assert!(!allows("127.0.0.2:6379", SocketAddrUse::TcpConnect).await);
         assert!(!allows("127.0.0.1:6379", SocketAddrUse::UdpSend).await);
         assert!(!allows("0.0.0.0:0", SocketAddrUse::TcpListen).await);
+        assert!(!allows("127.0.0.1:6379", SocketAddrUse::UdpBind).await);
+        assert!(
+            allows("[::ffff:127.0.0.1]:6379", SocketAddrUse::TcpConnect).await,
+            "an IPv6-mapped IPv4 address is that address"
+        );
+    }
+
+    #[tokio::test]
+    async fn mapped_grants_match_plain_addresses() {
+        let policy = SocketPolicy::new(vec!["[::ffff:127.0.0.1]:6379".parse().unwrap()].into());
+        assert!(
+            policy
+                .allows("127.0.0.1:6379".parse().unwrap(), SocketAddrUse::TcpConnect)
+                .await
+        );
     }
 }

@@ -20,6 +20,10 @@
 //!
 //! Answers name what went wrong, e.g. `http: status 500 from
 //! http://payments.default.svc:8080/healthz (expected 200-299)`.
+//!
+//! Redirects are not followed: a `3xx` is an answer like any other (ready in
+//! the default range, as for Kubernetes' `httpGet`), so a granted origin can
+//! never send the probe to one outside its grant.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;

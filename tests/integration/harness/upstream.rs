@@ -8,6 +8,7 @@
 //!   [`Upstream::release_download`], then sends `second`;
 //! - `/ws`: a WebSocket echo;
 //! - `/status?code=N`: answers status N with the body `status N`;
+//! - `/redirect?to=URL`: answers `302 Found` with `Location: URL`;
 //! - anything else: `200 app`, with the request's body echoed in `x-body-length`.
 
 use std::convert::Infallible;
@@ -192,6 +193,18 @@ async fn handle(
                 .unwrap_or(200);
             let mut response = Response::new(full(format!("status {code}")));
             *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            Ok(response)
+        }
+        "/redirect" => {
+            shared.seen.lock().unwrap().push(seen);
+            let to = query.strip_prefix("to=").unwrap_or("/");
+            let mut response = Response::new(full("moved"));
+            *response.status_mut() = StatusCode::FOUND;
+            if let Ok(location) = http::HeaderValue::from_str(to) {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+            }
             Ok(response)
         }
         "/slow" => {

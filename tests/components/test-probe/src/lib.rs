@@ -14,7 +14,12 @@
 //! - `connect`: not ready, saying what a TCP connection to `address` gave;
 //! - `http`: not ready, saying what `GET url` gave;
 //! - `abort`: traps without a panic message;
-//! - `big-message`: not ready with a message of `size` bytes.
+//! - `big-message`: not ready with a message of `size` bytes;
+//! - `resolve`: not ready, saying what looking up `name` gave;
+//! - `udp`: not ready, saying what sending a UDP datagram to `address` gave;
+//! - `listen`: not ready, saying what listening on `address` gave;
+//! - `stderr-flood`: writes `count` lines to stderr and stdout, then panics
+//!   with `message` (so the host reports what stderr kept).
 #![forbid(unsafe_code)]
 
 use probehost_sdk::{NotReady, Probe, Request, config, http, log, memcached, sql};
@@ -108,6 +113,39 @@ impl Probe for TestProbe {
             "big-message" => {
                 let size: usize = setting("size").parse().unwrap_or(10 << 20);
                 Err(NotReady::new("m".repeat(size)))
+            }
+            "resolve" => {
+                use std::net::ToSocketAddrs;
+                Err(NotReady::new(
+                    match (setting("name").as_str(), 1).to_socket_addrs() {
+                        Ok(found) => format!("resolved {} addresses", found.count()),
+                        Err(e) => format!("resolve failed: {:?}", e.kind()),
+                    },
+                ))
+            }
+            "udp" => Err(NotReady::new(
+                match std::net::UdpSocket::bind("0.0.0.0:0")
+                    .and_then(|socket| socket.send_to(b"ping", setting("address")))
+                {
+                    Ok(_) => "udp sent".to_owned(),
+                    Err(e) => format!("udp failed: {:?}", e.kind()),
+                },
+            )),
+            "listen" => Err(NotReady::new(
+                match std::net::TcpListener::bind(setting("address")) {
+                    Ok(_) => "listening".to_owned(),
+                    Err(e) => format!("listen failed: {:?}", e.kind()),
+                },
+            )),
+            // Flooding stdout and stderr is the point of this action.
+            #[allow(clippy::print_stdout, clippy::print_stderr)]
+            "stderr-flood" => {
+                let count: u32 = setting("count").parse().unwrap_or(100_000);
+                for i in 0..count {
+                    eprintln!("stderr line {i} {}", "e".repeat(100));
+                    println!("stdout line {i} {}", "o".repeat(100));
+                }
+                panic!("{}", setting("message"))
             }
             other => Err(NotReady::new(format!(
                 "test-probe: unknown action {other:?}"
