@@ -8,23 +8,79 @@
 //! is a `504`. This module knows nothing of probes.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
 /// The body of a response: our own text, or the upstream's stream.
-pub type Body = Either<Full<Bytes>, Incoming>;
+pub type Body = Either<Full<Bytes>, Pooled>;
+
+/// An upstream response body that gives its connection back to the idle
+/// pool once it has been read to its end (a body dropped before its end
+/// closes the connection instead, since the rest of it is still on the wire).
+#[derive(Debug)]
+pub struct Pooled {
+    body: Incoming,
+    connection: Option<SendRequest<Incoming>>,
+    idle: Idle,
+}
+
+impl Pooled {
+    fn new(body: Incoming, connection: Option<SendRequest<Incoming>>, idle: &Idle) -> Pooled {
+        let mut pooled = Pooled {
+            body,
+            connection,
+            idle: idle.clone(),
+        };
+        if pooled.body.is_end_stream() {
+            pooled.release();
+        }
+        pooled
+    }
+
+    fn release(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(connection);
+            }
+        }
+    }
+}
+
+impl hyper::body::Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.body.is_end_stream() {
+            self.release();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -44,19 +100,28 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// The application behind probehost: where it is and how long it may take.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    scheme: Scheme,
     authority: Authority,
+    /// `host:port` to connect to (port 80 when the URL has none).
+    address: String,
     timeout: Duration,
 }
 
 impl Upstream {
     /// `base` is an `http://host:port` URL.
     pub fn new(base: &Uri, timeout: Duration) -> Result<Upstream, String> {
-        let (Some(scheme), Some(authority)) = (base.scheme(), base.authority()) else {
-            return Err("needs a scheme and a host, as in http://127.0.0.1:8000".into());
+        if base.scheme_str() != Some("http") {
+            return Err("needs an http:// URL, as in http://127.0.0.1:8000".into());
+        }
+        let Some(authority) = base.authority() else {
+            return Err("needs a host, as in http://127.0.0.1:8000".into());
         };
+        let address = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
         Ok(Upstream {
-            scheme: scheme.clone(),
+            address,
             authority: authority.clone(),
             timeout,
         })
@@ -66,16 +131,9 @@ impl Upstream {
     /// one, so a request, its upstream connection and its response stay on
     /// one thread.
     pub fn client(&self) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Proxy {
             upstream: self.clone(),
-            client,
+            idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
 }
@@ -122,11 +180,20 @@ pub struct Tunnel<'a> {
     pub slot: Arc<OwnedSemaphorePermit>,
 }
 
-/// A [`Upstream`] client of one serving thread.
+/// Idle HTTP/1.1 connections to the application kept per serving thread;
+/// more are closed when they become idle.
+const MAX_IDLE: usize = 256;
+
+/// Idle connections to the application, newest last.
+type Idle = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
+
+/// A [`Upstream`] client of one serving thread: HTTP/1.1 keep-alive
+/// connections, each driven by a task on this thread, reused once their last
+/// response body has been read to its end.
 #[derive(Debug)]
 pub struct Proxy {
     upstream: Upstream,
-    client: Client<HttpConnector, Incoming>,
+    idle: Idle,
 }
 
 impl Proxy {
@@ -143,17 +210,21 @@ impl Proxy {
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
         };
         let timeout = self.upstream.timeout;
-        let mut response = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => return text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
-            Ok(Err(e)) => {
-                tracing::debug!("upstream request failed: {e}");
+        let (mut response, connection) =
+            match tokio::time::timeout(timeout, self.send(request)).await {
+                Err(_) => return text(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"),
+                Ok(Err(e)) => {
+                    tracing::debug!("upstream request failed: {e}");
+                    return text(StatusCode::BAD_GATEWAY, "Bad Gateway");
+                }
+                Ok(Ok(answer)) => answer,
+            };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection is the tunnel's now, never reused.
+            drop(connection);
+            let Some(client_side) = upgrade else {
                 return text(StatusCode::BAD_GATEWAY, "Bad Gateway");
-            }
-            Ok(Ok(response)) => response,
-        };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_side) = upgrade
-        {
+            };
             let upstream_side = hyper::upgrade::on(&mut response);
             let slot = tunnel.slot;
             tunnel.tracker.spawn(async move {
@@ -169,10 +240,66 @@ impl Proxy {
                 }
             });
             // Keep `Connection: upgrade` and `Upgrade` on a 101.
-            return response.map(Either::Right);
+            return response.map(|body| Either::Right(Pooled::new(body, None, &self.idle)));
         }
         strip_hop_by_hop(response.headers_mut());
-        response.map(Either::Right)
+        response.map(|body| Either::Right(Pooled::new(body, Some(connection), &self.idle)))
+    }
+
+    /// Send `request` on an idle connection, or a new one when none is (or
+    /// the idle ones turn out closed). A request that an idle connection
+    /// refused before sending anything is sent again on another.
+    async fn send(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), String> {
+        loop {
+            let (mut connection, reused) = match self.checkout() {
+                Some(connection) => (connection, true),
+                None => (self.connect().await?, false),
+            };
+            // A reused connection may still be finishing its last exchange.
+            if connection.ready().await.is_err() {
+                if reused {
+                    continue;
+                }
+                return Err("the connection closed at once".into());
+            }
+            match connection.try_send_request(request).await {
+                Ok(response) => return Ok((response, connection)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(e.into_error().to_string()),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(connection) = idle.pop() {
+            if !connection.is_closed() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+        let address = self.upstream.address.as_str();
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connecting to {address}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
     }
 
     /// The request as the application receives it.
@@ -181,18 +308,15 @@ impl Proxy {
         request: Request<Incoming>,
         peer: &Peer,
         upgrade: bool,
-    ) -> Result<Request<Incoming>, http::Error> {
+    ) -> Result<Request<Incoming>, String> {
         let (mut parts, body) = request.into_parts();
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path)
-            .build()?;
+        // Origin form, as HTTP/1.1 servers expect it.
+        let uri = Uri::from(path);
         let headers = &mut parts.headers;
         if parts.version == Version::HTTP_2 {
             // HTTP/2 clients send the host as the URI's authority, and may
@@ -216,6 +340,12 @@ impl Proxy {
         if let Some(protocol) = upgrade_to {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol);
+        }
+        if !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str())
+        {
+            // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
+            headers.insert(header::HOST, host);
         }
         add_forwarded(headers, peer);
         parts.uri = uri;

@@ -9,6 +9,7 @@
 //! - `/ws`: a WebSocket echo;
 //! - `/status?code=N`: answers status N with the body `status N`;
 //! - `/redirect?to=URL`: answers `302 Found` with `Location: URL`;
+//! - `/close`: answers `200 closing` and closes the connection;
 //! - anything else: `200 app`, with the request's body echoed in `x-body-length`.
 
 use std::convert::Infallible;
@@ -48,6 +49,7 @@ impl Seen {
 #[derive(Default)]
 struct Shared {
     seen: Mutex<Vec<Seen>>,
+    connections: std::sync::atomic::AtomicUsize,
     upload_frames: Mutex<Vec<Vec<u8>>>,
     release: Notify,
 }
@@ -82,6 +84,9 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                serving
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let shared = serving.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| handle(shared.clone(), request));
@@ -106,6 +111,13 @@ impl Upstream {
     /// Every request received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The frames of `/upload` bodies received so far.
@@ -193,6 +205,15 @@ async fn handle(
                 .unwrap_or(200);
             let mut response = Response::new(full(format!("status {code}")));
             *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            Ok(response)
+        }
+        "/close" => {
+            shared.seen.lock().unwrap().push(seen);
+            let mut response = Response::new(full("closing"));
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
             Ok(response)
         }
         "/redirect" => {

@@ -254,3 +254,33 @@ fn an_unreachable_application_is_502_and_a_slow_one_504() {
     );
     assert_eq!(server.get("/slow?ms=10").body, "slow");
 }
+
+/// Connections to the application are kept alive and reused once a response
+/// has been read to its end; one dropped mid-body is not reused.
+#[test]
+fn upstream_connections_are_reused() {
+    let app = Upstream::start();
+    // One serving thread, so every request shares one connection pool.
+    let (_dir, server) = proxy(&app.url(), "threads = 1");
+    for i in 0..20 {
+        let response = server.get(&format!("/page?n={i}"));
+        assert_eq!((response.status, response.body.as_str()), (200, "app"));
+    }
+    assert_eq!(
+        app.connections(),
+        1,
+        "one connection for 20 requests in a row"
+    );
+    // An empty answer (204 has no body) frees its connection at once.
+    for _ in 0..3 {
+        assert_eq!(server.get("/status?code=204").status, 204);
+    }
+    assert_eq!(app.connections(), 1);
+    // The application closes a connection: the next request gets a new one.
+    assert_eq!(server.get("/close").body, "closing");
+    for _ in 0..3 {
+        assert_eq!(server.get("/page").body, "app");
+    }
+    assert_eq!(app.connections(), 2);
+    assert_eq!(app.seen().len(), 27);
+}
