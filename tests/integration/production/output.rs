@@ -5,6 +5,22 @@ use std::time::Duration;
 use super::{config, test_probe};
 use crate::harness::*;
 
+/// A config whose `default` database (`url` of the proxy's address) is behind
+/// a fault proxy that refuses connections until the test lets them pass.
+fn behind_refusing_postgres(
+    url: impl Fn(std::net::SocketAddr) -> String,
+) -> (FaultProxy, TestDir, std::path::PathBuf) {
+    require(Service::Postgres);
+    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
+    let dir = TestDir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[databases.default]\nurl = {:?}\n", url(postgres.address())),
+    );
+    (postgres, dir, config)
+}
+
 fn two_probes(server_extra: &str) -> (TestDir, Server) {
     let dir = TestDir::new();
     let probes = format!(
@@ -96,17 +112,7 @@ fn verbose_detail_can_be_withheld() {
 
 #[test]
 fn startup_fails_until_ready_once_then_passes_for_good() {
-    require(Service::Postgres);
-    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
-    let dir = TestDir::new();
-    let config = config(
-        &dir,
-        "",
-        &format!(
-            "[databases.default]\nurl = {:?}\n",
-            postgres_url(postgres.address())
-        ),
-    );
+    let (postgres, _dir, config) = behind_refusing_postgres(postgres_url);
     let server = Server::start(&config);
     let startup = server.get("/startupz");
     assert_eq!(
@@ -133,17 +139,7 @@ fn startup_fails_until_ready_once_then_passes_for_good() {
 
 #[test]
 fn metrics_follow_a_failure_and_a_recovery() {
-    require(Service::Postgres);
-    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
-    let dir = TestDir::new();
-    let config = config(
-        &dir,
-        "",
-        &format!(
-            "[databases.default]\nurl = {:?}\n",
-            postgres_url(postgres.address())
-        ),
-    );
+    let (postgres, _dir, config) = behind_refusing_postgres(postgres_url);
     let server = Server::start(&config);
     // Three failing evaluations: one state change.
     for _ in 0..3 {
@@ -207,17 +203,9 @@ fn metrics_follow_a_failure_and_a_recovery() {
 /// state names the probe and the reason; no password is written.
 #[test]
 fn json_logs_name_each_change_and_no_secret() {
-    require(Service::Postgres);
-    let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Refuse);
-    let dir = TestDir::new();
-    let config = config(
-        &dir,
-        "",
-        &format!(
-            "[databases.default]\nurl = \"postgres://postgres:hunter2-secret@{}/test\"\n",
-            postgres.address()
-        ),
-    );
+    let (postgres, _dir, config) = behind_refusing_postgres(|address| {
+        format!("postgres://postgres:hunter2-secret@{address}/test")
+    });
     let server = Server::start_with(
         probehost()
             .args(["--log-format", "json", "--config"])
