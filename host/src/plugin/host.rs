@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -28,6 +29,8 @@ pub(crate) const MAX_LOG_LINES: u32 = 32;
 /// Bytes of a probe's stderr kept per check (the last ones, for the reason of a
 /// crash).
 const MAX_STDERR: usize = 4096;
+/// What a guest may hand its stderr in one write.
+const MAX_WRITE: usize = 64 * 1024;
 /// Linear memories and core instances a probe may create: a Rust component has
 /// one memory and a few instances, an interpreter-based one a handful more.
 const MAX_MEMORIES: usize = 16;
@@ -460,9 +463,53 @@ impl IsTerminal for Capture {
     }
 }
 
+impl Capture {
+    fn keep(&self, bytes: &[u8]) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = bytes.len().min(self.capacity);
+        buffer.extend_from_slice(&bytes[bytes.len() - keep..]);
+        let excess = buffer.len().saturating_sub(self.capacity);
+        buffer.drain(..excess);
+    }
+}
+
 impl StdoutStream for Capture {
+    /// The guest's writes land in the buffer at once. (The default adapter
+    /// hands each write to a task of its own and makes the guest wait for
+    /// that task's flush: a guest printing line by line then spends most of
+    /// its deadline waiting on the scheduler.)
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
+    }
+}
+
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.keep(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always room: what does not fit pushes the oldest bytes out.
+        Ok(MAX_WRITE)
+    }
+}
+
+impl Pollable for Capture {
+    fn ready<'a, 'b>(&'a mut self) -> Pin<Box<dyn Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -472,11 +519,7 @@ impl tokio::io::AsyncWrite for Capture {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = buf.len().min(self.capacity);
-        buffer.extend_from_slice(&buf[buf.len() - keep..]);
-        let excess = buffer.len().saturating_sub(self.capacity);
-        buffer.drain(..excess);
+        self.keep(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -146,6 +146,22 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once `check` holds for it, or as it stands after 10 s.
+    ///
+    /// A line the server writes as it answers can reach the collecting
+    /// thread after the answer reaches the test: a positive check on the
+    /// log must wait for it.
+    pub fn log_when(&self, check: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if check(&log) || Instant::now() >= until {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then wait (at most 15 s) for it to exit.
     pub fn terminate(self) -> ExitStatus {
         self.signal(Signal::TERM);

@@ -46,7 +46,8 @@ fn ready_is_answered_by_the_running_server_and_falls_back_without_one() {
         "a component was loaded:\n{}",
         asked.stderr
     );
-    assert!(server.log().contains("probe is not ready"));
+    let log = server.log_when(|log| log.contains("probe is not ready"));
+    assert!(log.contains("probe is not ready"), "{log}");
 
     let local = probe(&config, &["--local"]);
     assert_eq!((local.code, local.stdout.as_str()), (1, "not yet\n"));

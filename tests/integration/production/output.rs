@@ -183,7 +183,10 @@ fn metrics_follow_a_failure_and_a_recovery() {
     }
     // Six evaluations, two changes of the database probe's state (and the
     // memcached probe's first answer): a line for each change, none per request.
-    let log = server.log();
+    let log = server.log_when(|log| {
+        log.lines()
+            .any(|l| l.contains("probe=database") && l.contains("probe is ready"))
+    });
     let lines = |probe: &str, what: &str| {
         log.lines()
             .filter(|l| l.contains(&format!("probe={probe}")) && l.contains(what))
@@ -218,7 +221,10 @@ fn json_logs_name_each_change_and_no_secret() {
         .get("/readyz")
         .status
         == 200));
-    let log = server.log();
+    let log = server.log_when(|log| {
+        log.lines()
+            .any(|l| l.contains("\"probe\":\"database\"") && l.contains("probe is ready"))
+    });
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
