@@ -296,6 +296,50 @@ fn the_rust_redis_probe_can_require_a_master() {
     assert_answer(&server, (200, "Ok"));
 }
 
+/// `protocol = "3"`: the probe opens with `HELLO 3`, authenticating in it,
+/// and reads RESP3 replies from then on (ROLE included).
+#[test]
+fn the_rust_redis_probe_speaks_resp3_with_hello() {
+    let redis = PrivateServer::redis(Some("s3cret-pass"));
+    let table = |extra: &str| {
+        redis_table(
+            redis.address(),
+            Some(redis.address()),
+            &format!(", protocol = \"3\"{extra}"),
+        )
+    };
+
+    let (_dir, server) = server_with(
+        REDIS_PROBE,
+        &table(", password = \"s3cret-pass\", role = \"master\""),
+    );
+    assert_answer(&server, (200, "Ok"));
+
+    let (_dir, server) = server_with(REDIS_PROBE, &table(", password = \"wrong-pass\""));
+    assert_answer(&server, (503, "redis: could not connect"));
+    let log = server.log_when(|log| log.contains("HELLO 3 refused"));
+    assert!(
+        log.contains("HELLO 3 refused: WRONGPASS"),
+        "the reason is logged:\n{log}"
+    );
+    assert!(
+        !log.contains("wrong-pass"),
+        "the password is never logged:\n{log}"
+    );
+
+    // Without credentials HELLO itself is refused.
+    let (_dir, server) = server_with(REDIS_PROBE, &table(""));
+    assert_answer(&server, (503, "redis: could not connect"));
+    let log = server.log_when(|log| log.contains("HELLO 3 refused"));
+    assert!(log.contains("HELLO 3 refused: NOAUTH"), "{log}");
+
+    let (_dir, server) = server_with(
+        REDIS_PROBE,
+        &redis_table(redis.address(), Some(redis.address()), ", protocol = \"4\""),
+    );
+    assert_answer(&server, (503, "redis: protocol must be 2 or 3, not \"4\""));
+}
+
 fn http_table(app: &Upstream, path: &str, extra: &str) -> String {
     format!(
         "http = [\"{}\"]\nconfig = {{ url = \"{}{path}\"{extra} }}",

@@ -15,6 +15,7 @@
 //! | `address` | `127.0.0.1:6379` | `host:port` of the server; must be in `network` |
 //! | `username` | | ACL user for `AUTH` (Redis 6+) |
 //! | `password` | | sends `AUTH` before `PING` when set |
+//! | `protocol` | `2` | `3`: opens with `HELLO 3` (Redis 6+), authenticating in it when a password is set, and speaks RESP3 |
 //! | `role` | `any` | `master`: ready only on a master; `any`: replicas too |
 //! | `timeout` | `500ms` | for the connection and each reply |
 //!
@@ -75,6 +76,7 @@ struct Settings {
     username: Option<String>,
     password: Option<String>,
     master_only: bool,
+    resp3: bool,
     timeout: Duration,
 }
 
@@ -88,12 +90,18 @@ impl Settings {
                 return Err(format!("role must be \"master\" or \"any\", not {other:?}"));
             }
         };
+        let resp3 = match nonempty("protocol").as_deref() {
+            None | Some("2") => false,
+            Some("3") => true,
+            Some(other) => return Err(format!("protocol must be 2 or 3, not {other:?}")),
+        };
         let timeout = config::duration("timeout", DEFAULT_TIMEOUT)?;
         Ok(Settings {
             address: nonempty("address").unwrap_or_else(|| DEFAULT_ADDRESS.to_owned()),
             username: nonempty("username"),
             password: nonempty("password"),
             master_only,
+            resp3,
             timeout,
         })
     }
@@ -116,7 +124,9 @@ fn check(settings: &Settings) -> Result<(), Failure> {
     let mut conn = Connection {
         reader: BufReader::new(stream),
     };
-    if let Some(password) = &settings.password {
+    if settings.resp3 {
+        hello(&mut conn, settings)?;
+    } else if let Some(password) = &settings.password {
         let reply = match &settings.username {
             Some(user) => conn.call(&["AUTH", user, password]),
             None => conn.call(&["AUTH", password]),
@@ -161,6 +171,34 @@ fn check(settings: &Settings) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `HELLO 3`, with `AUTH` in it when a password is set: the server answers a
+/// map describing itself, or an error (`NOPROTO` from a server before Redis 6,
+/// `WRONGPASS` for bad credentials).
+fn hello(conn: &mut Connection, settings: &Settings) -> Result<(), Failure> {
+    let mut command = vec!["HELLO", "3"];
+    if let Some(password) = &settings.password {
+        let user = settings.username.as_deref().unwrap_or("default");
+        command.extend(["AUTH", user, password]);
+    }
+    match conn.call(&command).map_err(|e| format!("HELLO: {e}"))? {
+        Reply::Map(fields) => {
+            let proto = fields.chunks(2).find_map(|pair| match pair {
+                [Reply::Bulk(key), Reply::Integer(value)] if key == b"proto" => Some(*value),
+                _ => None,
+            });
+            match proto {
+                Some(3) => Ok(()),
+                other => Err(Failure::Other(format!("HELLO 3 answered proto {other:?}"))),
+            }
+        }
+        Reply::Error(e) => Err(Failure::Other(format!("HELLO 3 refused: {e}"))),
+        other => Err(Failure::Other(format!(
+            "HELLO 3 answered {}",
+            other.describe()
+        ))),
+    }
+}
+
 /// One connection; requests and replies alternate, so the reader's buffer is
 /// empty whenever a command is written.
 struct Connection {
@@ -197,6 +235,10 @@ enum Reply {
     Bulk(Vec<u8>),
     Nil,
     Array(Vec<Reply>),
+    /// RESP3 `%`: keys and values in turn.
+    Map(Vec<Reply>),
+    /// RESP3 `#`, `,` and `(`, kept as written.
+    Other(String),
 }
 
 impl Reply {
@@ -209,6 +251,8 @@ impl Reply {
             Reply::Bulk(b) => format!("a {}-byte string", b.len()),
             Reply::Nil => "nil".into(),
             Reply::Array(items) => format!("an array of {}", items.len()),
+            Reply::Map(items) => format!("a map of {}", items.len() / 2),
+            Reply::Other(s) => format!("{s:?}"),
         }
     }
 }
@@ -235,7 +279,8 @@ fn read_reply(reader: &mut impl BufRead, depth: usize) -> Result<Reply, String> 
             .parse()
             .map(Reply::Integer)
             .map_err(|_| format!("bad integer reply {rest:?}")),
-        Some('$') => {
+        // Bulk strings; RESP3's blob errors and verbatim strings are framed alike.
+        Some(kind @ ('$' | '!' | '=')) => {
             let len: i64 = rest
                 .parse()
                 .map_err(|_| format!("bad bulk length {rest:?}"))?;
@@ -252,9 +297,19 @@ fn read_reply(reader: &mut impl BufRead, depth: usize) -> Result<Reply, String> 
                 return Err("bulk reply not terminated by CRLF".into());
             }
             data.truncate(len);
-            Ok(Reply::Bulk(data))
+            match kind {
+                '!' => Ok(Reply::Error(String::from_utf8_lossy(&data).into_owned())),
+                '=' => {
+                    // `txt:` or `mkd:`, then the text.
+                    let text = data.get(4..).unwrap_or_default().to_vec();
+                    Ok(Reply::Bulk(text))
+                }
+                _ => Ok(Reply::Bulk(data)),
+            }
         }
-        Some('*') => {
+        // Arrays; RESP3's sets and pushes are lists alike, its maps (and
+        // attributes) lists of pairs.
+        Some(kind @ ('*' | '~' | '>' | '%')) => {
             let n: i64 = rest
                 .parse()
                 .map_err(|_| format!("bad array length {rest:?}"))?;
@@ -262,14 +317,21 @@ fn read_reply(reader: &mut impl BufRead, depth: usize) -> Result<Reply, String> 
                 return Ok(Reply::Nil);
             }
             let n = usize::try_from(n).unwrap_or(usize::MAX);
-            if n > MAX_ITEMS {
+            let items = if kind == '%' { n.saturating_mul(2) } else { n };
+            if items > MAX_ITEMS {
                 return Err(format!("array reply of {n} items is too long"));
             }
-            (0..n)
+            let items = (0..items)
                 .map(|_| read_reply(reader, depth + 1))
-                .collect::<Result<_, _>>()
-                .map(Reply::Array)
+                .collect::<Result<_, _>>()?;
+            Ok(if kind == '%' {
+                Reply::Map(items)
+            } else {
+                Reply::Array(items)
+            })
         }
+        Some('_') if rest.is_empty() => Ok(Reply::Nil),
+        Some('#' | ',' | '(') => Ok(Reply::Other(line)),
         _ => Err(format!("not a RESP reply: {:?}", truncate(&line, 40))),
     }
 }
@@ -355,6 +417,37 @@ mod tests {
                 Reply::Array(vec![])
             ]))
         );
+    }
+
+    #[test]
+    fn resp3_replies_parse() {
+        assert_eq!(
+            parse(b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"),
+            Ok(Reply::Map(vec![
+                Reply::Bulk(b"server".to_vec()),
+                Reply::Bulk(b"redis".to_vec()),
+                Reply::Bulk(b"proto".to_vec()),
+                Reply::Integer(3),
+            ]))
+        );
+        assert_eq!(parse(b"_\r\n"), Ok(Reply::Nil));
+        assert_eq!(parse(b"#t\r\n"), Ok(Reply::Other("#t".into())));
+        assert_eq!(
+            parse(b"~2\r\n+a\r\n,1.5\r\n"),
+            Ok(Reply::Array(vec![
+                Reply::Simple("a".into()),
+                Reply::Other(",1.5".into())
+            ]))
+        );
+        assert_eq!(
+            parse(b"!9\r\nERR nope!\r\n"),
+            Ok(Reply::Error("ERR nope!".into()))
+        );
+        assert_eq!(
+            parse(b"=7\r\ntxt:abc\r\n"),
+            Ok(Reply::Bulk(b"abc".to_vec()))
+        );
+        assert!(parse(b"%600\r\n").unwrap_err().contains("too long"));
     }
 
     #[test]
