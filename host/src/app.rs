@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::config::{Config, ConfigError, Problem};
@@ -16,7 +15,9 @@ use crate::metrics::Metrics;
 use crate::plugin::{Grants, Loaded, Origin, Plugin, PluginRuntime};
 use crate::proxy::Upstream;
 use crate::readiness::{Evaluator, Readiness, Sharing};
-use crate::server::{self, ANSWERED_BY, AppState, Lifecycle, Routes, ServeOptions, Stop};
+use crate::server::{
+    self, ANSWERED_BY, AppState, Lifecycle, Listeners, Routes, ServeOptions, Stop,
+};
 
 /// Why start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -206,18 +207,41 @@ pub fn upstream_address(config: &Config) -> Option<SocketAddr> {
 /// requests are done.
 pub async fn serve(
     config: &Config,
-    listener: TcpListener,
+    listeners: Listeners,
     state: Arc<AppState>,
     stops: tokio::sync::mpsc::UnboundedReceiver<Stop>,
 ) -> std::io::Result<()> {
-    server::serve(listener, state, ServeOptions::new(&config.server), stops).await
+    server::serve(listeners, state, ServeOptions::new(&config.server), stops).await
 }
 
-/// Ask a probehost serving this configuration for its readiness answer, over
+/// Ask a probehost serving this configuration for its readiness answer: on
+/// its probe socket when it has one, else (or if that does not answer) over
 /// loopback. `None` when nothing answers, or what answers is not probehost.
 pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let path = config.server.ready_paths.first()?;
+    // Connecting to a live local server takes microseconds; allow the server's
+    // own deadline for the answer.
+    let limit = config.readiness.timeout + Duration::from_secs(1);
+    if let Some(socket) = &config.server.socket {
+        let exchange = async {
+            match tokio::net::UnixStream::connect(socket).await {
+                Ok(stream) => ask(stream, path, "localhost").await,
+                Err(_) => Err("nothing answers"),
+            }
+        };
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(Ok((status, body))) => {
+                tracing::debug!(socket = %socket.display(), status, "answered by the running server");
+                return Some((status, body));
+            }
+            Ok(Err(why)) => {
+                tracing::debug!(socket = %socket.display(), "{why} on the probe socket")
+            }
+            Err(_) => {
+                tracing::debug!(socket = %socket.display(), "no answer in time on the probe socket")
+            }
+        }
+    }
     let listen = config.server.listen;
     let ip = match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => {
@@ -228,31 +252,52 @@ pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
     };
     let address = SocketAddr::new(ip, listen.port());
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|_| "nothing answers")?;
         let _ = stream.set_nodelay(true);
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        Some(raw)
+        ask(stream, path, &address.to_string()).await
     };
-    // Connecting to a live local server takes microseconds; allow the server's
-    // own deadline for the answer.
-    let limit = config.readiness.timeout + Duration::from_secs(1);
-    let raw = tokio::time::timeout(limit, exchange).await.ok()??;
+    match tokio::time::timeout(limit, exchange).await.ok()? {
+        Ok((status, body)) => {
+            tracing::debug!(%address, status, "answered by the running server");
+            Some((status, body))
+        }
+        Err(why) => {
+            tracing::debug!(%address, "{why} on the server's port");
+            None
+        }
+    }
+}
+
+/// `GET path` on `stream`, one request then close: the status and body, or
+/// why there are none.
+async fn ask<S>(mut stream: S, path: &str, host: &str) -> Result<(u16, String), &'static str>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BROKEN: &str = "no HTTP answer comes";
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|_| BROKEN)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.map_err(|_| BROKEN)?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or(BROKEN)?;
     let mut lines = head.lines();
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+        .ok_or(BROKEN)?;
     let ours = lines.any(|l| {
         l.to_ascii_lowercase()
             .starts_with(&format!("{ANSWERED_BY}:"))
     });
-    if !ours {
-        tracing::debug!(%address, "something else answers on the server's port");
-        return None;
+    match ours {
+        true => Ok((status, body.to_owned())),
+        false => Err("something else answers"),
     }
-    tracing::debug!(%address, status, "answered by the running server");
-    Some((status, body.to_owned()))
 }

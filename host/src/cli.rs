@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::plugin::{Builtin, ComponentSource, Inspection, Origin, PluginRuntime, WORLD};
 use crate::readiness::Verdict;
 use crate::scaffold;
-use crate::server::{AppState, Lifecycle, Stop};
+use crate::server::{AppState, Lifecycle, Listeners, ProbeSocket, Stop};
 
 /// Exit codes.
 pub mod exit {
@@ -460,11 +460,20 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the control runtime")
 }
 
-async fn bind(config: &Config, state: &AppState) -> anyhow::Result<TcpListener> {
+async fn bind(config: &Config, state: &AppState) -> anyhow::Result<Listeners> {
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let address = listener.local_addr()?;
+    let unix = match &config.server.socket {
+        Some(path) => {
+            let socket = ProbeSocket::bind(path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            tracing::info!(socket = %socket.path().display(), "probe socket listening");
+            Some(socket)
+        }
+        None => None,
+    };
     let probes: Vec<&str> = state.readiness.evaluator().probe_names().collect();
     let mode = if config.server.upstream.is_some() {
         "proxy"
@@ -472,7 +481,10 @@ async fn bind(config: &Config, state: &AppState) -> anyhow::Result<TcpListener> 
         "standalone"
     };
     tracing::info!(%address, mode, ?probes, "listening");
-    Ok(listener)
+    Ok(Listeners {
+        tcp: listener,
+        unix,
+    })
 }
 
 fn serve(cli: &Cli, args: &ServeArgs) -> Result<u8, StartupError> {

@@ -432,16 +432,21 @@ struct Worker {
 }
 
 /// Handle one request: answer it or forward it.
+///
+/// `peer` is `None` on the probe socket, which answers probes and nothing else.
 async fn handle(
     worker: &Worker,
     request: Request<Incoming>,
-    peer: &Peer,
+    peer: Option<&Peer>,
     slot: &Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let state = &worker.state;
-    let route = state.routes.route(request.method(), request.uri().path());
-    let response = match (&route, &worker.proxy) {
-        (Route::Upstream, Some(proxy)) => {
+    let mut route = state.routes.route(request.method(), request.uri().path());
+    if peer.is_none() && route == Route::Upstream {
+        route = Route::NotFound;
+    }
+    let response = match (&route, &worker.proxy, peer) {
+        (Route::Upstream, Some(proxy), Some(peer)) => {
             let tunnel = Tunnel {
                 tracker: &worker.tunnels,
                 slot: slot.clone(),
@@ -502,18 +507,25 @@ impl ServeOptions {
 /// threads (they have a runtime of their own), so a liveness answer never
 /// waits behind one.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     state: Arc<AppState>,
     options: ServeOptions,
     mut stops: mpsc::UnboundedReceiver<Stop>,
 ) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
+    let listener = listeners.tcp.into_std()?;
+    // The first serving thread accepts on the probe socket too; its file is
+    // removed once every thread is done.
+    let (mut unix, _socket_file) = match listeners.unix {
+        Some(socket) => (Some(socket.listener), Some(socket.file)),
+        None => (None, None),
+    };
     // Connections beyond the limit wait in the kernel's backlog.
     let slots = Arc::new(Semaphore::new(options.max_connections));
     let (close, closed) = watch::channel(false);
     let mut workers = Vec::new();
     for index in 0..options.threads.max(1) {
         let listener = listener.try_clone()?;
+        let unix = unix.take();
         let (state, slots, closed) = (state.clone(), slots.clone(), closed.clone());
         let (done, finished) = oneshot::channel();
         std::thread::Builder::new()
@@ -523,7 +535,7 @@ pub async fn serve(
                     .enable_all()
                     .build()
                     .and_then(|runtime| {
-                        runtime.block_on(accept_loop(listener, state, options, slots, closed))
+                        runtime.block_on(accept_loop(listener, unix, state, options, slots, closed))
                     });
                 // Tunnels still open past the grace end with the runtime.
                 let _ = done.send(served);
@@ -557,12 +569,14 @@ pub async fn serve(
 /// connections (and tunnels) in flight `options.grace` to finish.
 async fn accept_loop(
     listener: std::net::TcpListener,
+    unix: Option<std::os::unix::net::UnixListener>,
     state: Arc<AppState>,
     options: ServeOptions,
     slots: Arc<Semaphore>,
     mut closed: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
+    let unix = unix.map(tokio::net::UnixListener::from_std).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -588,14 +602,24 @@ async fn accept_loop(
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            (slot, listener.accept().await)
+            let accepted = match &unix {
+                Some(unix) => tokio::select! {
+                    accepted = listener.accept() => accepted.map(|(s, peer)| Accepted::Tcp(s, peer)),
+                    accepted = unix.accept() => accepted.map(|(s, _)| Accepted::Unix(s)),
+                },
+                None => listener
+                    .accept()
+                    .await
+                    .map(|(s, peer)| Accepted::Tcp(s, peer)),
+            };
+            (slot, accepted)
         };
         let (slot, accepted) = tokio::select! {
             accepted = accept => accepted,
             _ = closed.wait_for(|closed| *closed) => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment rather
                 // than spin or exit.
@@ -604,25 +628,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let stream = FirstByteDeadline::new(stream, options.header_read_timeout);
         // Held by the connection, and by its tunnel if it is upgraded.
         let slot = Arc::new(slot);
-        let peer = Peer::new(peer);
-        let worker = worker.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            let (worker, peer, slot) = (worker.clone(), peer.clone(), slot.clone());
-            async move { Ok::<_, Infallible>(handle(&worker, request, &peer, &slot).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection ended with an error: {e}");
+        match accepted {
+            Accepted::Tcp(stream, peer) => {
+                let _ = stream.set_nodelay(true);
+                let peer = Some(Peer::new(peer));
+                serve_connection(&builder, &graceful, &worker, stream, peer, slot, options);
             }
-        });
+            Accepted::Unix(stream) => {
+                serve_connection(&builder, &graceful, &worker, stream, None, slot, options);
+            }
+        }
     }
 
     drop(listener);
@@ -635,6 +652,125 @@ async fn accept_loop(
         tracing::warn!("some connections did not finish within {:?}", options.grace);
     }
     Ok(())
+}
+
+/// A connection accepted from the TCP listener or the probe socket.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+/// Serve one accepted connection on a task of this thread, watched by
+/// `graceful`. `peer` is `None` on the probe socket.
+fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    worker: &Arc<Worker>,
+    stream: S,
+    peer: Option<Peer>,
+    slot: Arc<OwnedSemaphorePermit>,
+    options: ServeOptions,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = FirstByteDeadline::new(stream, options.header_read_timeout);
+    let worker = worker.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (worker, peer, slot) = (worker.clone(), peer.clone(), slot.clone());
+        async move { Ok::<_, Infallible>(handle(&worker, request, peer.as_ref(), &slot).await) }
+    });
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection ended with an error: {e}");
+        }
+    });
+}
+
+/// Where the server accepts connections: its TCP listener, and the probe
+/// socket when `server.socket` is set.
+#[derive(Debug)]
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub unix: Option<ProbeSocket>,
+}
+
+/// The Unix socket that answers the probe paths (`server.socket`).
+#[derive(Debug)]
+pub struct ProbeSocket {
+    listener: std::os::unix::net::UnixListener,
+    file: SocketFile,
+}
+
+impl ProbeSocket {
+    /// Bind `path`. A socket file that nothing answers on (left by a process
+    /// that was killed) is replaced; a live one, or a file of another kind,
+    /// is an error.
+    pub fn bind(path: &std::path::Path) -> std::io::Result<ProbeSocket> {
+        use std::io::{Error, ErrorKind};
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(Error::new(
+                        ErrorKind::AddrInUse,
+                        "another process is listening on it",
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let file = SocketFile::new(path)?;
+        Ok(ProbeSocket { listener, file })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.file.path
+    }
+}
+
+/// Removes the socket file it names when dropped, unless another process has
+/// bound a socket of its own at that path since.
+#[derive(Debug)]
+struct SocketFile {
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    fn new(path: &std::path::Path) -> std::io::Result<SocketFile> {
+        Ok(SocketFile {
+            path: path.to_owned(),
+            identity: Self::identity_of(path)?,
+        })
+    }
+
+    fn identity_of(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if Self::identity_of(&self.path).is_ok_and(|id| id == self.identity) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A connection that must send its first byte within a deadline.

@@ -87,6 +87,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// A Unix socket that answers the probe paths too (for `probe --ready`
+    /// and node-local agents); `None` for none.
+    pub socket: Option<PathBuf>,
     pub ready_paths: Vec<String>,
     pub health_paths: Vec<String>,
     /// Paths that answer 503 until readiness has passed once, then 200.

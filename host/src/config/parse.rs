@@ -30,6 +30,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const SERVER_KEYS: &[&str] = &[
     "listen",
+    "socket",
     "ready_paths",
     "health_paths",
     "startup_paths",
@@ -44,6 +45,8 @@ const SERVER_KEYS: &[&str] = &[
     "verbose",
     "liveness_upstream",
 ];
+/// `sun_path` holds 108 bytes, the last a NUL.
+const MAX_SOCKET_PATH: usize = 107;
 const READINESS_KEYS: &[&str] = &["timeout", "cache_ttl", "interval"];
 const DATABASE_KEYS: &[&str] = &["url", "connect_timeout", "query_timeout"];
 const CACHE_KEYS: &[&str] = &["servers", "timeout"];
@@ -158,6 +161,9 @@ impl<'a> Parser<'a> {
                     .parse()
                     .expect("valid default listen address")
             });
+        let socket = table
+            .and_then(|t| t.get("socket"))
+            .and_then(|i| self.socket_path(i, "server.socket"));
         let mut paths = |key: &str, default: &[&str]| match table.and_then(|t| t.get(key)) {
             None => default.iter().map(|p| (*p).to_owned()).collect(),
             Some(i) => self.paths(i, &format!("server.{key}")),
@@ -237,6 +243,7 @@ impl<'a> Parser<'a> {
 
         ServerConfig {
             listen,
+            socket,
             ready_paths,
             health_paths,
             startup_paths,
@@ -251,6 +258,30 @@ impl<'a> Parser<'a> {
             verbose,
             liveness_upstream,
         }
+    }
+
+    /// Where a Unix socket is bound: a path relative to the file's directory,
+    /// short enough for `sun_path`.
+    fn socket_path(&mut self, item: &Item, key: &str) -> Option<PathBuf> {
+        let (value, span) = self.string(item, key)?;
+        if value.is_empty() {
+            self.problem(span, key, "is empty (leave it out for no socket)");
+            return None;
+        }
+        let path = self.relative(&value);
+        let length = path.as_os_str().len();
+        if length > MAX_SOCKET_PATH {
+            self.problem(
+                span,
+                key,
+                format!(
+                    "{} is {length} bytes long; a Unix socket's path may have at most {MAX_SOCKET_PATH}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Some(path)
     }
 
     /// An `http://host:port` URL (no path): where the application listens.

@@ -26,6 +26,9 @@ pub(super) fn render(config: &Config) -> String {
 
     let mut server = Table::new();
     server["listen"] = value(config.server.listen.to_string());
+    if let Some(socket) = &config.server.socket {
+        server["socket"] = value(socket.display().to_string());
+    }
     server["ready_paths"] = value(strings(&config.server.ready_paths));
     server["health_paths"] = value(strings(&config.server.health_paths));
     let s = &config.server;

@@ -172,7 +172,7 @@ timeout = 0
         [
             r#"probehost.toml:3:10: server.listen: "nowhere" is not an IP address and port, e.g. "0.0.0.0:8080""#,
             r#"probehost.toml:4:15: server.ready_paths: "readyz" is not a URL path (it must start with `/` and have no query)"#,
-            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, max_connections, threads, verbose, liveness_upstream)"#,
+            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, socket, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, max_connections, threads, verbose, liveness_upstream)"#,
             r#"probehost.toml:8:7: databases.default.url: invalid database URL: unsupported scheme `redis` (expected postgres, postgresql, mysql, mariadb or sqlite)"#,
             r#"probehost.toml:9:19: databases.default.connect_timeout: "soon" is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
             r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached)"#,
@@ -365,5 +365,32 @@ fn serving_threads_default_to_the_cpus_and_are_bounded() {
     assert_eq!(
         problems("[server]\nthreads = 0\n"),
         ["probehost.toml:2:11: server.threads: 0 is not between 1 and 64"]
+    );
+}
+
+#[test]
+fn the_probe_socket_is_relative_to_the_file_and_fits_sun_path() {
+    let config = parse("", Path::new("/etc/probehost/probehost.toml"), &env(&[])).unwrap();
+    assert_eq!(config.server.socket, None);
+    let config = parse(
+        "[server]\nsocket = \"run/probe.sock\"\n",
+        Path::new("/etc/probehost/probehost.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.server.socket.as_deref(),
+        Some(Path::new("/etc/probehost/run/probe.sock"))
+    );
+    let long = format!("/run/{}.sock", "x".repeat(100));
+    assert_eq!(
+        problems(&format!("[server]\nsocket = {long:?}\n")),
+        [format!(
+            "probehost.toml:2:10: server.socket: {long} is 110 bytes long; a Unix socket's path may have at most 107"
+        )]
+    );
+    assert_eq!(
+        problems("[server]\nsocket = \"\"\n"),
+        ["probehost.toml:2:10: server.socket: is empty (leave it out for no socket)"]
     );
 }

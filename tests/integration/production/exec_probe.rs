@@ -72,3 +72,103 @@ fn something_else_on_the_port_is_not_trusted() {
         output.stderr
     );
 }
+
+/// A raw `GET path` over the Unix socket at `socket`: status line and body.
+fn get_over_socket(socket: &std::path::Path, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// `server.socket`: the probe paths answer on a Unix socket too, which
+/// `probe --ready` asks first; it never reaches the application in proxy
+/// mode; the file is replaced when stale, refused when live or not a socket,
+/// and removed at exit.
+#[test]
+fn ready_is_answered_over_the_probe_socket() {
+    let app = Upstream::start();
+    let dir = TestDir::new();
+    let socket = dir.path().join("probe.sock");
+    let config_on = |port: u16| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nsocket = \"probe.sock\"\n\
+             [runtime]\ncache_dir = {:?}\n{}",
+            app.url(),
+            shared_cache_dir().display().to_string(),
+            test_probe("fine", "action = \"ready\"")
+        )
+    };
+    // A socket file left behind by a process that is gone.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    // The TCP port is closed, so only the socket can answer.
+    let config = dir.config(&config_on(closed_port().port()));
+    let server = Server::start(&config);
+
+    let asked = probe(&config, &[]);
+    assert_eq!(
+        (asked.code, asked.stdout.as_str()),
+        (0, "Ok\n"),
+        "{asked:?}"
+    );
+    assert!(
+        asked.stderr.contains("answered by the running server")
+            && asked.stderr.contains("probe.sock"),
+        "{}",
+        asked.stderr
+    );
+    assert!(!asked.stderr.contains("component"), "{}", asked.stderr);
+
+    assert_eq!(
+        get_over_socket(&socket, "/readyz"),
+        ("HTTP/1.1 200 OK".to_owned(), "Ok".to_owned())
+    );
+    assert_eq!(get_over_socket(&socket, "/livez").1, "Ok");
+    // The socket is for probes: nothing on it reaches the application.
+    let (status, _) = get_over_socket(&socket, "/page");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    assert!(app.seen().is_empty(), "{:?}", app.seen());
+    // Over TCP the same path is the application's.
+    assert_eq!(server.get("/page").status, 200);
+    assert_eq!(app.seen().len(), 1);
+
+    // A second server on another port cannot take a live socket.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, config_on(closed_port().port())).unwrap();
+    let refused = run(probehost().arg("--config").arg(&other).arg("serve"));
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("probe.sock: another process is listening on it"),
+        "{}",
+        refused.stderr
+    );
+
+    assert!(server.terminate().success());
+    assert!(!socket.exists(), "the socket file outlived the server");
+
+    // Nor a path that holds something else.
+    std::fs::write(&socket, "not a socket").unwrap();
+    let refused = run(probehost().arg("--config").arg(&other).arg("serve"));
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("probe.sock: a file that is not a socket is in the way"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "not a socket");
+}
