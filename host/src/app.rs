@@ -223,23 +223,10 @@ pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
     // own deadline for the answer.
     let limit = config.readiness.timeout + Duration::from_secs(1);
     if let Some(socket) = &config.server.socket {
-        let exchange = async {
-            match tokio::net::UnixStream::connect(socket).await {
-                Ok(stream) => ask(stream, path, "localhost").await,
-                Err(_) => Err("nothing answers"),
-            }
-        };
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok((status, body))) => {
-                tracing::debug!(socket = %socket.display(), status, "answered by the running server");
-                return Some((status, body));
-            }
-            Ok(Err(why)) => {
-                tracing::debug!(socket = %socket.display(), "{why} on the probe socket")
-            }
-            Err(_) => {
-                tracing::debug!(socket = %socket.display(), "no answer in time on the probe socket")
-            }
+        let connect = tokio::net::UnixStream::connect(socket);
+        let place = format!("the probe socket {}", socket.display());
+        if let Some(answer) = ask_at(connect, path, "localhost", &place, limit).await {
+            return Some(answer);
         }
     }
     let listen = config.server.listen;
@@ -251,20 +238,39 @@ pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
         ip => ip,
     };
     let address = SocketAddr::new(ip, listen.port());
+    let connect = tokio::net::TcpStream::connect(address);
+    let place = format!("the server's port {address}");
+    ask_at(connect, path, &address.to_string(), &place, limit).await
+}
+
+/// [`ask`] on the stream `connect` opens, within `limit`; the outcome is
+/// logged with `place`.
+async fn ask_at<S>(
+    connect: impl std::future::Future<Output = std::io::Result<S>>,
+    path: &str,
+    host: &str,
+    place: &str,
+    limit: Duration,
+) -> Option<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|_| "nothing answers")?;
-        let _ = stream.set_nodelay(true);
-        ask(stream, path, &address.to_string()).await
+        match connect.await {
+            Ok(stream) => ask(stream, path, host).await,
+            Err(_) => Err("nothing answers"),
+        }
     };
-    match tokio::time::timeout(limit, exchange).await.ok()? {
+    let outcome = tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or(Err("no answer in time"));
+    match outcome {
         Ok((status, body)) => {
-            tracing::debug!(%address, status, "answered by the running server");
+            tracing::debug!(status, "answered by the running server on {place}");
             Some((status, body))
         }
         Err(why) => {
-            tracing::debug!(%address, "{why} on the server's port");
+            tracing::debug!("{why} on {place}");
             None
         }
     }
