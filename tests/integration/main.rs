@@ -7,6 +7,7 @@
 
 mod harness;
 
+mod cli_help;
 mod component_cache;
 mod config_errors;
 mod jobs;
