@@ -10,6 +10,7 @@ mod harness;
 mod cli_help;
 mod component_cache;
 mod config_errors;
+mod fail_closed;
 mod jobs;
 mod probe_cli;
 mod production;

@@ -423,13 +423,22 @@ impl<'a> Parser<'a> {
                 continue;
             };
             let component = self.required(t, entry.span(), &key, "component", Self::component);
+            let bundled = match &component {
+                Some((ComponentSource::Builtin(builtin), _)) => Some(*builtin),
+                _ => None,
+            };
+            // A bundled probe checks everything of its kind unless its table
+            // says otherwise, as the original's probes do; a user probe is
+            // granted nothing it is not given.
             let granted_databases = match t.get("databases") {
+                None if bundled == Some(Builtin::Database) => owned(&database_names),
                 None => Vec::new(),
                 Some(i) => {
                     self.grants(i, &format!("{key}.databases"), &database_names, "databases")
                 }
             };
             let granted_caches = match t.get("caches") {
+                None if bundled == Some(Builtin::Memcached) => owned(&cache_names),
                 None => Vec::new(),
                 Some(i) => self.grants(i, &format!("{key}.caches"), &cache_names, "caches"),
             };
@@ -455,20 +464,49 @@ impl<'a> Parser<'a> {
                     humantime::format_duration(readiness.timeout)
                 ));
             }
-            match &component {
-                ComponentSource::Builtin(Builtin::Database) if granted_databases.is_empty() => {
-                    self.warnings.push(format!(
-                        "{key} uses builtin:database but is granted no databases; it always passes"
-                    ))
+            // A bundled probe with nothing to check would always pass: fail
+            // closed instead, naming the probe.
+            let nothing_to_check = match bundled {
+                Some(Builtin::Database) if granted_databases.is_empty() => {
+                    Some(("databases", "database", "[databases.NAME] table"))
                 }
-                ComponentSource::Builtin(Builtin::Memcached)
-                    if granted_caches.is_empty() && !caches.is_empty() =>
-                {
-                    self.warnings.push(format!(
-                        "{key} uses builtin:memcached but is granted no caches; it always passes"
-                    ));
+                Some(Builtin::Memcached) if granted_caches.is_empty() => {
+                    Some(("caches", "cache", "[caches.NAME] table"))
                 }
-                _ => {}
+                _ => None,
+            };
+            // A table written but invalid is reported where it is; the probe
+            // then has nothing valid to check, which needs no second report.
+            let valid = |section: &str, name: &str| match section {
+                "databases" => database_names.contains(&name),
+                _ => cache_names.contains(&name),
+            };
+            let invalid_declared = |parser: &Self, grant: &str| {
+                parser
+                    .declared
+                    .iter()
+                    .any(|(s, n)| *s == grant && !valid(s, n))
+            };
+            if let Some((grant, what, table)) = nothing_to_check
+                && !invalid_declared(self, grant)
+            {
+                let builtin = component.to_string();
+                match t.get(grant) {
+                    Some(i) => self.problem(
+                        i.span(),
+                        &format!("{key}.{grant}"),
+                        format!(
+                            "{builtin} is granted no {grant}, so it would always pass: grant at least one {what}, or remove the probe"
+                        ),
+                    ),
+                    None => self.problem(
+                        span.clone(),
+                        &format!("{key}.component"),
+                        format!(
+                            "{builtin} has no {what} to check, so it would always pass: configure a {table}, or remove the probe"
+                        ),
+                    ),
+                }
             }
             probes.push(ProbeConfig {
                 name: name.to_owned(),
@@ -859,7 +897,7 @@ impl<'a> Parser<'a> {
             return Vec::new();
         };
         if names.iter().any(|(n, _)| n == "*") {
-            return known.iter().map(|n| (*n).to_owned()).collect();
+            return owned(known);
         }
         let mut granted = Vec::new();
         for (name, span) in names {
@@ -1069,6 +1107,10 @@ impl<'a> Parser<'a> {
             _ => path.to_path_buf(),
         }
     }
+}
+
+fn owned(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
 }
 
 fn is_valid_name(name: &str) -> bool {

@@ -394,3 +394,95 @@ fn the_probe_socket_is_relative_to_the_file_and_fits_sun_path() {
         ["probehost.toml:2:10: server.socket: is empty (leave it out for no socket)"]
     );
 }
+
+#[test]
+fn bundled_probes_check_everything_of_their_kind_unless_told_otherwise() {
+    let config = parse_with(
+        "[databases.default]\nurl = \"postgres://a/app\"\n[databases.replica]\nurl = \"postgres://b/app\"\n\
+         [caches.default]\nservers = [\"m0:11211\"]\n[caches.sessions]\nservers = [\"m1:11211\"]\n\
+         [probes.database]\ncomponent = \"builtin:database\"\n\
+         [probes.memcached]\ncomponent = \"builtin:memcached\"\n\
+         [probes.primary]\ncomponent = \"builtin:database\"\ndatabases = [\"default\"]\n",
+        &[],
+    )
+    .unwrap();
+    let grants: Vec<(&str, &[String], &[String])> = config
+        .probes
+        .iter()
+        .map(|p| (p.name.as_str(), &p.databases[..], &p.caches[..]))
+        .collect();
+    let s = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        grants[0],
+        ("database", &s(&["default", "replica"])[..], &[][..])
+    );
+    assert_eq!(
+        grants[1],
+        ("memcached", &[][..], &s(&["default", "sessions"])[..])
+    );
+    assert_eq!(grants[2], ("primary", &s(&["default"])[..], &[][..]));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+
+    // A user probe is granted nothing it is not given.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mine.wasm"), b"").unwrap();
+    let config = parse(
+        "[databases.default]\nurl = \"postgres://a/app\"\n[caches.default]\nservers = [\"m0:11211\"]\n\
+         [probes.mine]\ncomponent = \"mine.wasm\"\n",
+        &dir.path().join("probehost.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(config.probes[0].databases.is_empty());
+    assert!(config.probes[0].caches.is_empty());
+}
+
+#[test]
+fn a_bundled_probe_with_nothing_to_check_is_an_error_naming_it() {
+    let found = problems(
+        "[databases.default]\nurl = \"postgres://a/app\"\n[caches.default]\nservers = [\"m0:11211\"]\n\
+         [probes.database]\ncomponent = \"builtin:database\"\ndatabases = []\n\
+         [probes.memcached]\ncomponent = \"builtin:memcached\"\ncaches = []\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "probehost.toml:7:13: probes.database.databases: builtin:database is granted no databases, so it would always pass: grant at least one database, or remove the probe",
+            "probehost.toml:10:10: probes.memcached.caches: builtin:memcached is granted no caches, so it would always pass: grant at least one cache, or remove the probe",
+        ]
+    );
+
+    // Nothing of the kind is configured at all.
+    let found = problems(
+        "[databases]\n[probes.database]\ncomponent = \"builtin:database\"\n\
+         [probes.cache]\ncomponent = \"builtin:memcached\"\ncaches = \"*\"\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "probehost.toml:3:13: probes.database.component: builtin:database has no database to check, so it would always pass: configure a [databases.NAME] table, or remove the probe",
+            "probehost.toml:6:10: probes.cache.caches: builtin:memcached is granted no caches, so it would always pass: grant at least one cache, or remove the probe",
+        ]
+    );
+
+    // A table written but invalid is reported once, where it is.
+    let found = problems(
+        "[caches.default]\nservers = []\n[probes.memcached]\ncomponent = \"builtin:memcached\"\n",
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("caches.default.servers"), "{found:?}");
+}
+
+#[test]
+fn the_default_probe_list_keeps_the_originals_cacheless_memcached_probe() {
+    // As the original's: with no cache configured, its memcached probe passes.
+    for config in [
+        Config::defaults(&env(&[])),
+        parse_with("[server]\nlisten = \"127.0.0.1:9000\"\n", &[]).unwrap(),
+    ] {
+        let memcached = &config.probes[1];
+        assert_eq!(memcached.name, "memcached");
+        assert!(memcached.caches.is_empty());
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+}

@@ -3,6 +3,9 @@
 //! Runs `SELECT 1` on every database the probe is granted, in config order, and is
 //! not ready with the original's message as soon as one fails. The reason goes to
 //! the log, not to the answer: the body stays `db: could not connect to database`.
+//! With no database granted it is not ready either: a database probe that
+//! checks nothing must never pass (the host's config check refuses that
+//! configuration; this is the second lock on the same door).
 #![forbid(unsafe_code)]
 
 use probehost_sdk::{NotReady, Probe, Request, log, sql};
@@ -14,7 +17,12 @@ struct Database;
 
 impl Probe for Database {
     fn ready(_request: Option<&Request>) -> Result<(), NotReady> {
-        for database in sql::databases() {
+        let databases = sql::databases();
+        if databases.is_empty() {
+            log::error("no database is granted to this probe, so there is nothing to check");
+            return Err(NotReady::new(NOT_READY));
+        }
+        for database in databases {
             let result = sql::query(&database.name, "SELECT 1", &[]);
             let failure = match result {
                 Ok(rows) if rows.rows.is_empty() => "SELECT 1 returned no row".to_owned(),
