@@ -81,3 +81,49 @@ fn exec_probes_share_the_cache() {
         second.stderr
     );
 }
+
+/// A cache directory that is refused (shared with other users, or another
+/// user's) gets nothing written into it: `precompile` fails and the
+/// directory's listing is what it was.
+#[test]
+fn a_refused_cache_directory_is_left_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("someone-elses-file"), b"x").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let listing = |path: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(&shared);
+    let config = dir.config(&format!(
+        "[runtime]\ncache_dir = {:?}\n[probes.custom]\ncomponent = {TEST_PROBE:?}\n",
+        shared.display().to_string()
+    ));
+    let output = run(probehost().arg("-c").arg(&config).arg("precompile"));
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        output.stderr.contains("writable by other users"),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(listing(&shared), before, "something was created in it");
+    // Serving still works, compiling in memory.
+    let output = run(probehost()
+        .arg("-c")
+        .arg(&config)
+        .args(["probe", "--ready"]));
+    assert_eq!(
+        (output.code, output.stdout.as_str()),
+        (0, "Ok\n"),
+        "{output:?}"
+    );
+    assert_eq!(listing(&shared), before);
+}

@@ -44,13 +44,17 @@ impl ArtifactCache {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex(&hasher.0.finalize()[..8]);
         let dir = root.join(LAYOUT_VERSION).join(engine_key);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        for checked in [root, &root.join(LAYOUT_VERSION), &dir] {
-            check_owned(checked)?;
+        // The root is judged before anything is created in it: a refused
+        // directory is left exactly as it was found.
+        if !root.exists() {
+            create_private(root)?;
+        }
+        check_owned(root)?;
+        for level in [root.join(LAYOUT_VERSION), dir.clone()] {
+            if !level.exists() {
+                create_private(&level)?;
+            }
+            check_owned(&level)?;
         }
         Ok(ArtifactCache { dir })
     }
@@ -118,6 +122,15 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
 fn deserialize_bytes(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `code` came from `engine.precompile_component` a moment ago.
     unsafe { Component::deserialize(engine, code) }
+}
+
+/// Create `dir` (and any missing parent) with mode 0700.
+fn create_private(dir: &Path) -> Result<(), String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
 }
 
 fn check_owned(dir: &Path) -> Result<(), String> {
@@ -204,6 +217,29 @@ mod tests {
         fs::set_permissions(root.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let err = ArtifactCache::open(root.path(), &engine()).unwrap_err();
         assert!(err.contains("writable by other users"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_directory_is_left_as_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(ArtifactCache::open(root.path(), &engine()).is_err());
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "nothing created"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_created_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("a/b/cache");
+        let cache = ArtifactCache::open(&root, &engine()).unwrap();
+        for dir in [root.as_path(), &root.join(LAYOUT_VERSION), cache.dir()] {
+            let mode = fs::metadata(dir).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
     }
 
     #[test]
