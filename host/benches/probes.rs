@@ -17,6 +17,7 @@
 //! | `probe --ready` answered by a running `serve` | `probe --live` |
 //! | Redis probe check, Rust and Python (fresh instance, connect, PING) | the same connect and PING done by the host |
 //! | start to first ready answer, Redis probe, Rust and Python | the same after `probehost precompile` |
+//! | `/livez` throughput (16 connections) and fresh-connection p99 with 1,000 stalled readers | the same server without them |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
 //! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
@@ -76,6 +77,11 @@ fn main() {
 
     println!("probehost benchmarks (targets in brackets; ratios are probehost / baseline)\n");
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // `PROBEHOST_BENCH=stalled` runs only the stalled-readers section.
+    if std::env::var("PROBEHOST_BENCH").as_deref() == Ok("stalled") {
+        stalled_readers(&rt, &dir);
+        return;
+    }
 
     // Throughput of /livez, and memory after the load.
     let mut baseline =
@@ -125,6 +131,10 @@ fn main() {
         micros(readyz) - micros(deps)
     );
     server.stop();
+
+    // /livez with 1,000 clients that never read their answers holding
+    // connections, against the same server without them.
+    stalled_readers(&rt, &dir);
 
     // Instantiate + call of one probe component, in process.
     let (with_wasm, without) = rt.block_on(instantiate_and_call());
@@ -636,11 +646,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Requests per second over [`LOAD_DURATION`] with [`LOAD_CONNECTIONS`].
 async fn load(address: SocketAddr, path: &str) -> f64 {
+    load_with(address, path, LOAD_CONNECTIONS).await
+}
+
+/// Requests per second over [`LOAD_DURATION`] with `connections`.
+async fn load_with(address: SocketAddr, path: &str, connections: usize) -> f64 {
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..LOAD_CONNECTIONS {
+    for _ in 0..connections {
         let (request, done, stop) = (request.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(address).await.unwrap();
@@ -648,7 +663,13 @@ async fn load(address: SocketAddr, path: &str) -> f64 {
             let mut buffer = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 if !roundtrip(&mut stream, &request, &mut buffer).await {
-                    panic!("request failed during the load");
+                    // The server closes a connection after 1,000 requests (as
+                    // nginx does); a client reconnects, as wrk does.
+                    stream = TcpStream::connect(address).await.unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    if !roundtrip(&mut stream, &request, &mut buffer).await {
+                        panic!("request failed during the load");
+                    }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -754,4 +775,97 @@ async fn instantiate_and_call() -> (Duration, Duration) {
         }
     }
     (median(with_wasm), median(without))
+}
+
+// ----- stalled readers -----
+
+/// Stalled readers held open for the whole measurement (the send timeout is
+/// raised past it, so none is closed early: the worst case).
+const STALLED_READERS: usize = 1000;
+
+fn stalled_readers(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
+    let config = dir.path().join("stalled.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"5m\"\n[runtime]\ncache_dir = {:?}\n\
+             [databases.default]\nurl = \"sqlite::memory:\"\n",
+            dir.path().join("cache").display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = spawn_listening(
+        Command::new(PROBEHOST)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve"),
+    );
+    let measure = || {
+        let rps = median_f64(
+            (0..LOAD_ROUNDS)
+                .map(|_| rt.block_on(load_with(server.address, "/livez", 16)))
+                .collect(),
+        );
+        (rps, fresh_connection_p99(server.address))
+    };
+    let (idle_rps, idle_p99) = measure();
+    let payload = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    let stalled: Vec<std::net::TcpStream> = (0..STALLED_READERS)
+        .map(|_| {
+            let fd = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::STREAM,
+                None,
+            )
+            .unwrap();
+            rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+            rustix::net::connect(&fd, &server.address).unwrap();
+            let _ = rustix::net::send(&fd, payload.as_bytes(), rustix::net::SendFlags::DONTWAIT);
+            std::net::TcpStream::from(fd)
+        })
+        .collect();
+    // Let the server write what it can to them.
+    std::thread::sleep(Duration::from_secs(2));
+    let (stalled_rps, stalled_p99) = measure();
+    let rss = rss_kib(&server.child) as f64 / 1024.0;
+    drop(stalled);
+    report(
+        "/livez throughput with 1,000 stalled readers",
+        stalled_rps,
+        idle_rps,
+        "req/s",
+        "[ratio near 1]",
+    );
+    report(
+        "/livez p99, fresh connection, with 1,000 stalled readers",
+        micros(stalled_p99),
+        micros(idle_p99),
+        "µs",
+        "[well under 1 s]",
+    );
+    println!("    → resident memory with them connected: {rss:.1} MiB");
+}
+
+/// p99 of `GET /livez` on a fresh connection each time (the kubelet's way).
+fn fresh_connection_p99(address: SocketAddr) -> Duration {
+    use std::io::{Read, Write};
+    let mut samples: Vec<Duration> = (0..LATENCY_SAMPLES)
+        .map(|_| {
+            let started = Instant::now();
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream
+                .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).unwrap();
+            assert!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    samples[samples.len() * 99 / 100]
 }

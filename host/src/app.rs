@@ -146,6 +146,7 @@ pub fn build_evaluator(
                 network: probe.network.clone().into(),
                 http: probe.http.clone().into(),
                 config: probe.config.clone(),
+                secrets: config.probe_secrets(probe).into(),
             };
             Plugin::new(&probe.name, component, grants, probe.timeout, probe.memory)
         })

@@ -29,12 +29,48 @@ impl Env for HashMap<String, String> {
     }
 }
 
+/// Why a reference cannot be resolved. Positions are characters into the
+/// value, counted from 1; the value itself is not part of the error, since it
+/// may hold a secret (the caller shows it masked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum InterpolationError {
+    /// A `${` with no `}` after it.
+    Unterminated { at: usize },
+    /// `${...}` whose name is not a variable name.
+    InvalidReference { at: usize },
+    /// `${NAME}` with `NAME` unset and no fallback.
+    Unset(String),
+}
+
+impl InterpolationError {
+    /// Whether the message needs the (masked) value beside it to be found.
+    pub(super) fn points_into_value(&self) -> bool {
+        !matches!(self, InterpolationError::Unset(_))
+    }
+}
+
+impl std::fmt::Display for InterpolationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InterpolationError::Unterminated { at } => {
+                write!(f, "unterminated `${{` at character {at}")
+            }
+            InterpolationError::InvalidReference { at } => {
+                write!(f, "invalid variable reference at character {at}")
+            }
+            InterpolationError::Unset(name) => write!(f, "environment variable {name} is not set"),
+        }
+    }
+}
+
 /// Replace every reference in `input`. On failure, every unresolvable reference
 /// is named.
-pub(super) fn interpolate(input: &str, env: &dyn Env) -> Result<String, Vec<String>> {
+pub(super) fn interpolate(input: &str, env: &dyn Env) -> Result<String, Vec<InterpolationError>> {
     let mut out = String::with_capacity(input.len());
     let mut errors = Vec::new();
     let mut rest = input;
+    let position =
+        |rest: &str, at: usize| input[..input.len() - rest.len() + at].chars().count() + 1;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
@@ -43,7 +79,9 @@ pub(super) fn interpolate(input: &str, env: &dyn Env) -> Result<String, Vec<Stri
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
             let Some(end) = body.find('}') else {
-                errors.push(format!("unterminated `${{` in {input:?}"));
+                errors.push(InterpolationError::Unterminated {
+                    at: position(rest, at),
+                });
                 return Err(errors);
             };
             let reference = &body[..end];
@@ -52,15 +90,15 @@ pub(super) fn interpolate(input: &str, env: &dyn Env) -> Result<String, Vec<Stri
                 None => (reference, None),
             };
             if !is_var_name(name) {
-                errors.push(format!(
-                    "`${{{reference}}}` is not a valid variable reference"
-                ));
+                errors.push(InterpolationError::InvalidReference {
+                    at: position(rest, at),
+                });
             } else {
                 match (env.var(name), fallback) {
                     (Some(value), Some(fallback)) if value.is_empty() => out.push_str(fallback),
                     (Some(value), _) => out.push_str(&value),
                     (None, Some(fallback)) => out.push_str(fallback),
-                    (None, None) => errors.push(format!("environment variable {name} is not set")),
+                    (None, None) => errors.push(InterpolationError::Unset(name.to_owned())),
                 }
             }
             rest = &body[end + 1..];
@@ -118,7 +156,11 @@ mod tests {
 
     #[test]
     fn every_unset_variable_is_named() {
-        let errors = interpolate("${A}/${USER}/${B}", &env()).unwrap_err();
+        let errors: Vec<String> = interpolate("${A}/${USER}/${B}", &env())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             errors,
             [
@@ -130,7 +172,13 @@ mod tests {
 
     #[test]
     fn malformed_references_are_errors() {
-        assert!(interpolate("${USER", &env()).unwrap_err()[0].contains("unterminated"));
-        assert!(interpolate("${1X}", &env()).unwrap_err()[0].contains("not a valid"));
+        assert_eq!(
+            interpolate("pé${USER", &env()).unwrap_err(),
+            [InterpolationError::Unterminated { at: 3 }]
+        );
+        assert_eq!(
+            interpolate("${USER}${1X}", &env()).unwrap_err(),
+            [InterpolationError::InvalidReference { at: 8 }]
+        );
     }
 }

@@ -8,6 +8,7 @@
 mod interpolate;
 mod parse;
 mod render;
+mod secrets;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::interpolate::{Env, ProcessEnv};
+pub use self::secrets::{mask_text, redact};
 use crate::db::ConnectOptions;
 use crate::plugin::{Builtin, ComponentSource, HttpOrigin, NetworkGrant};
 
@@ -33,6 +35,9 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a response write may make no progress before the connection is
+/// closed (nginx's `send_timeout`, shorter: a probe answer is tiny).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// More serving threads than this only adds contention.
 pub const MAX_THREADS: i64 = 64;
@@ -106,6 +111,9 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// How long a client may take to send a request head.
     pub header_read_timeout: Duration,
+    /// How long a response write may make no progress before the
+    /// connection is closed.
+    pub send_timeout: Duration,
     /// Connections served at once; more wait to be accepted.
     pub max_connections: usize,
     /// Threads serving connections (default: one per CPU the process may use).
@@ -347,6 +355,21 @@ impl Config {
     }
 
     /// The resolved configuration as TOML, with secrets masked.
+    /// What must never appear in what the probe `probe` says or logs: the
+    /// secret parts of its settings and of its granted databases' URLs.
+    pub fn probe_secrets(&self, probe: &ProbeConfig) -> Vec<String> {
+        let settings = probe
+            .config
+            .iter()
+            .flat_map(|(key, value)| secrets::secret_parts(key, value));
+        let databases = self
+            .databases
+            .iter()
+            .filter(|d| probe.databases.contains(&d.name))
+            .flat_map(|d| secrets::secret_parts("url", &d.url));
+        settings.chain(databases).collect()
+    }
+
     pub fn render(&self) -> String {
         render::render(self)
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use toml_edit::{Item, TableLike, Value};
 
 use super::interpolate::{Env, interpolate};
+use super::secrets::{mask_value, redact, secret_parts};
 use super::*;
 use crate::db::ConnectOptions;
 use crate::plugin::{Builtin, ComponentSource, HttpOrigin, NetworkGrant};
@@ -40,6 +41,7 @@ const SERVER_KEYS: &[&str] = &[
     "drain",
     "grace",
     "header_read_timeout",
+    "send_timeout",
     "max_connections",
     "threads",
     "verbose",
@@ -78,12 +80,18 @@ pub(super) fn parse(text: &str, file: &Path, env: &dyn Env) -> Result<Config, Co
         }
     })?;
     let mut parser = Parser::new(text, file, env);
-    let config = parser.config(doc.as_item());
+    let mut config = parser.config(doc.as_item());
+    for warning in &mut config.warnings {
+        *warning = redact(warning, &parser.secrets);
+    }
     if parser.problems.is_empty() {
         return Ok(config);
     }
     // In file order; problems without a place (missing keys) last.
     let mut problems = parser.problems;
+    for problem in &mut problems {
+        problem.message = redact(&problem.message, &parser.secrets);
+    }
     problems.sort_by_key(|p| {
         p.location
             .as_ref()
@@ -101,6 +109,9 @@ struct Parser<'a> {
     /// (section, name) of every `[databases.NAME]` and `[caches.NAME]` written,
     /// valid or not.
     declared: Vec<(&'static str, String)>,
+    /// Secret parts of the values read, raw and resolved: redacted from every
+    /// problem and warning, whatever produced its text.
+    secrets: Vec<String>,
 }
 
 impl<'a> Parser<'a> {
@@ -112,6 +123,7 @@ impl<'a> Parser<'a> {
             problems: Vec::new(),
             warnings: Vec::new(),
             declared: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 
@@ -203,6 +215,7 @@ impl<'a> Parser<'a> {
         let grace = duration(self, "grace", DEFAULT_GRACE);
         let header_read_timeout =
             duration(self, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT);
+        let send_timeout = duration(self, "send_timeout", DEFAULT_SEND_TIMEOUT);
         let max_connections = table
             .and_then(|t| self.field(t, "server", "max_connections", Self::integer))
             .map(|n| usize::try_from(n).unwrap_or(0).max(1))
@@ -253,6 +266,7 @@ impl<'a> Parser<'a> {
             drain,
             grace,
             header_read_timeout,
+            send_timeout,
             max_connections,
             threads,
             verbose,
@@ -300,7 +314,10 @@ impl<'a> Parser<'a> {
             self.problem(
                 span,
                 key,
-                format!("{value:?} is not an http://host:port URL"),
+                format!(
+                    "{:?} is not an http://host:port URL",
+                    super::secrets::mask_text(&value)
+                ),
             );
             None
         }
@@ -755,11 +772,21 @@ impl<'a> Parser<'a> {
     }
 
     fn resolve(&mut self, raw: &str, span: Option<Range<usize>>, key: &str) -> Option<String> {
+        self.secrets.extend(secret_parts(key, raw));
         match interpolate(raw, self.env) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                if s != raw {
+                    self.secrets.extend(secret_parts(key, &s));
+                }
+                Some(s)
+            }
             Err(errors) => {
                 for e in errors {
-                    self.problem(span.clone(), key, e);
+                    let message = match e.points_into_value() {
+                        true => format!("{e} of {:?}", mask_value(key, raw)),
+                        false => e.to_string(),
+                    };
+                    self.problem(span.clone(), key, message);
                 }
                 None
             }

@@ -9,17 +9,7 @@ use toml_edit::{Array, DocumentMut, Item, Table, value};
 use super::{Config, PasswordValidator};
 use crate::readiness::format_size;
 
-const MASK: &str = "****";
-/// Probe settings whose name contains one of these are shown masked.
-const SECRET_HINTS: &[&str] = &[
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "key",
-    "credential",
-    "auth",
-];
+use super::secrets::{MASK, is_secret_key, mask_text, mask_url};
 
 pub(super) fn render(config: &Config) -> String {
     let mut doc = DocumentMut::new();
@@ -41,6 +31,7 @@ pub(super) fn render(config: &Config) -> String {
     server["drain"] = value(duration(s.drain));
     server["grace"] = value(duration(s.grace));
     server["header_read_timeout"] = value(duration(s.header_read_timeout));
+    server["send_timeout"] = value(duration(s.send_timeout));
     server["max_connections"] = value(i64::try_from(s.max_connections).unwrap_or(i64::MAX));
     server["threads"] = value(i64::try_from(s.threads).unwrap_or(i64::MAX));
     server["verbose"] = value(s.verbose);
@@ -99,10 +90,13 @@ pub(super) fn render(config: &Config) -> String {
         if !probe.config.is_empty() {
             let mut settings = Table::new();
             for (k, v) in &probe.config {
-                let secret = SECRET_HINTS
-                    .iter()
-                    .any(|h| k.to_ascii_lowercase().contains(h));
-                settings[k] = value(if secret { MASK } else { v.as_str() });
+                // Every value's URL user-info too, whatever its key.
+                let shown = if is_secret_key(k) {
+                    MASK.to_owned()
+                } else {
+                    mask_text(v)
+                };
+                settings[k] = value(shown);
             }
             t["config"] = Item::Table(settings);
         }
@@ -153,41 +147,4 @@ fn strings(items: &[String]) -> Array {
 
 fn duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
-}
-
-/// The URL with its password (if any), and query parameters such as
-/// `?password=` or `?sslpassword=`, replaced by `****`.
-pub(crate) fn mask_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some(MASK));
-            }
-            if parsed.query().is_some() {
-                let pairs: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let secret = SECRET_HINTS
-                            .iter()
-                            .any(|h| k.to_ascii_lowercase().contains(h));
-                        (
-                            k.into_owned(),
-                            if secret {
-                                MASK.to_owned()
-                            } else {
-                                v.into_owned()
-                            },
-                        )
-                    })
-                    .collect();
-                parsed.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            parsed.to_string()
-        }
-        // Not parseable as a URL: show only the scheme, in case it holds a secret.
-        Err(_) => match url.split_once(':') {
-            Some((scheme, _)) => format!("{scheme}:{MASK}"),
-            None => MASK.to_owned(),
-        },
-    }
 }

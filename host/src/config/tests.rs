@@ -172,7 +172,7 @@ timeout = 0
         [
             r#"probehost.toml:3:10: server.listen: "nowhere" is not an IP address and port, e.g. "0.0.0.0:8080""#,
             r#"probehost.toml:4:15: server.ready_paths: "readyz" is not a URL path (it must start with `/` and have no query)"#,
-            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, socket, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, max_connections, threads, verbose, liveness_upstream)"#,
+            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, socket, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, send_timeout, max_connections, threads, verbose, liveness_upstream)"#,
             r#"probehost.toml:8:7: databases.default.url: invalid database URL: unsupported scheme `redis` (expected postgres, postgresql, mysql, mariadb or sqlite)"#,
             r#"probehost.toml:9:19: databases.default.connect_timeout: "soon" is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
             r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached)"#,

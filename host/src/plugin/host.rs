@@ -48,6 +48,16 @@ pub struct Grants {
     /// HTTP origins it may send requests to (wasi:http).
     pub http: Arc<[HttpOrigin]>,
     pub config: Vec<(String, String)>,
+    /// Secrets of its settings and databases: redacted from everything it
+    /// says (answers, log lines, crash reasons) before the host passes it on.
+    pub secrets: Arc<[String]>,
+}
+
+impl Grants {
+    /// `text` with this probe's secrets masked.
+    pub fn redact(&self, text: &str) -> String {
+        crate::config::redact(text, &self.secrets)
+    }
 }
 
 /// The store data of one check.
@@ -189,7 +199,8 @@ impl WasiHttpHooks for HttpPolicy {
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> SendFuture {
         if !self.origins.iter().any(|o| o.matches(request.uri())) {
-            tracing::debug!(probe = %self.probe, uri = %request.uri(), "HTTP request to an origin outside the grant denied");
+            let uri = crate::config::mask_text(&request.uri().to_string());
+            tracing::debug!(probe = %self.probe, %uri, "HTTP request to an origin outside the grant denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         // Every wait is bounded by what is left of the check.
@@ -290,6 +301,7 @@ impl log::Host for HostState {
             return;
         }
         self.log.lines += 1;
+        let message = self.grants.redact(message);
         let probe = &*self.probe;
         match level {
             log::Level::Trace => tracing::trace!(target: "probehost::guest", probe, "{message}"),

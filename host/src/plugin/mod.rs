@@ -408,7 +408,9 @@ impl Plugin {
             Err(_) => CheckOutcome::TimedOut,
             Ok(Ok(Ok(()))) => CheckOutcome::Ready,
             Ok(Ok(Err(not_ready))) => CheckOutcome::NotReady {
-                message: host::truncate(&not_ready.message, MAX_MESSAGE).to_owned(),
+                message: self
+                    .grants
+                    .redact(host::truncate(&not_ready.message, MAX_MESSAGE)),
                 status: if (400..=599).contains(&not_ready.status) {
                     not_ready.status
                 } else {
@@ -432,7 +434,7 @@ impl Plugin {
                         Some(trap) => format!("wasm trap: {trap}"),
                         None => error.root_cause().to_string(),
                     };
-                    CheckOutcome::Crashed(said.unwrap_or(trap))
+                    CheckOutcome::Crashed(self.grants.redact(&said.unwrap_or(trap)))
                 }
             }
         };

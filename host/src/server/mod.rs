@@ -20,10 +20,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
+
+mod guard;
+mod socket;
+
+use guard::{Action, Guard, GuardedBody, GuardedIo};
+pub use socket::ProbeSocket;
 
 use crate::config::ServerConfig;
 use crate::metrics::{Metrics, RouteLabel};
@@ -35,6 +40,26 @@ use crate::readiness::{ProbeResult, Readiness, Verdict};
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How often an idle HTTP/2 client is pinged, and how long it has to answer.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// Streams one HTTP/2 connection may have open at once. Each costs memory
+/// while its client holds it open; probes need one, and a proxy client that
+/// wants more opens another connection.
+const HTTP2_MAX_STREAMS: u32 = 16;
+/// What HTTP/2 buffers per stream for a client that does not take it.
+const HTTP2_MAX_SEND_BUFFER: usize = 64 * 1024;
+/// Connections kept for probes beyond `server.max_connections`: when every
+/// slot is taken, a new connection still gets one of these, answers probe
+/// paths only, one request, and must send it within [`RESERVE_IDLE`] and take
+/// its answer within [`RESERVE_SEND`]. A kubelet does both at once; anything
+/// else gives its reserve slot back within a second.
+const PROBE_RESERVE: usize = 64;
+/// How long a reserve connection may take to send its request.
+const RESERVE_IDLE: Duration = Duration::from_millis(500);
+/// How long a reserve connection's answer may wait for the client: a probe
+/// answer is a few hundred bytes.
+const RESERVE_SEND: Duration = Duration::from_millis(250);
+/// How long a connection retired with nothing left to answer has to close: a
+/// live HTTP/2 client acknowledges the GOAWAY's ping within a round trip.
+const RETIRE_GRACE: Duration = Duration::from_millis(250);
 /// How long a liveness check waits for the upstream port to accept.
 const UPSTREAM_LIVENESS_TIMEOUT: Duration = Duration::from_millis(300);
 /// Marks probehost's own answers, so `probe --ready` can tell it is talking to
@@ -431,6 +456,15 @@ struct Worker {
     tunnels: TaskTracker,
 }
 
+/// Where a connection's slot came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Capacity {
+    /// One of `server.max_connections`.
+    General,
+    /// The probe reserve: probe paths only, one request.
+    Reserve,
+}
+
 /// Handle one request: answer it or forward it.
 ///
 /// `peer` is `None` on the probe socket, which answers probes and nothing else.
@@ -439,13 +473,23 @@ async fn handle(
     request: Request<Incoming>,
     peer: Option<&Peer>,
     slot: &Arc<OwnedSemaphorePermit>,
+    capacity: Capacity,
 ) -> Response<Body> {
+    // Take turns: a connection answers one request per turn on its thread, so
+    // a client pipelining thousands of requests (or thousands of such
+    // clients) delays a fresh connection's probe by one short round, not by
+    // every answer they have queued.
+    tokio::task::yield_now().await;
     let state = &worker.state;
     let mut route = state.routes.route(request.method(), request.uri().path());
     if peer.is_none() && route == Route::Upstream {
         route = Route::NotFound;
     }
     let response = match (&route, &worker.proxy, peer) {
+        _ if capacity == Capacity::Reserve && !route.is_kubelet_probe() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server busy: only probe paths are answered",
+        ),
         (Route::Upstream, Some(proxy), Some(peer)) => {
             let tunnel = Tunnel {
                 tracker: &worker.tunnels,
@@ -459,6 +503,13 @@ async fn handle(
         .metrics
         .record_request(route_label(&route), response.status().as_u16());
     response
+}
+
+impl Route {
+    /// The paths Kubernetes probes: what a reserve connection may ask.
+    fn is_kubelet_probe(&self) -> bool {
+        matches!(self, Route::Health | Route::Ready(_) | Route::Startup)
+    }
 }
 
 /// How the serving loop ends.
@@ -477,6 +528,7 @@ pub struct ServeOptions {
     pub drain: Duration,
     pub grace: Duration,
     pub header_read_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: usize,
     /// Threads serving connections.
     pub threads: usize,
@@ -488,8 +540,34 @@ impl ServeOptions {
             drain: config.drain,
             grace: config.grace,
             header_read_timeout: config.header_read_timeout,
+            send_timeout: config.send_timeout,
             max_connections: config.max_connections,
             threads: config.threads,
+        }
+    }
+}
+
+/// The connection slots every serving thread takes from.
+struct Slots {
+    general: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// A slot for a connection just accepted: a general one if any is free,
+    /// else one of the probe reserve, else (every slot taken) the first to
+    /// come free.
+    async fn take(&self) -> (OwnedSemaphorePermit, Capacity) {
+        if let Ok(slot) = self.general.clone().try_acquire_owned() {
+            return (slot, Capacity::General);
+        }
+        if let Ok(slot) = self.reserve.clone().try_acquire_owned() {
+            return (slot, Capacity::Reserve);
+        }
+        let never_closed = "the semaphores are never closed";
+        tokio::select! {
+            slot = self.general.clone().acquire_owned() => (slot.expect(never_closed), Capacity::General),
+            slot = self.reserve.clone().acquire_owned() => (slot.expect(never_closed), Capacity::Reserve),
         }
     }
 }
@@ -519,8 +597,10 @@ pub async fn serve(
         Some(socket) => (Some(socket.listener), Some(socket.file)),
         None => (None, None),
     };
-    // Connections beyond the limit wait in the kernel's backlog.
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let slots = Arc::new(Slots {
+        general: Arc::new(Semaphore::new(options.max_connections)),
+        reserve: Arc::new(Semaphore::new(PROBE_RESERVE)),
+    });
     let (close, closed) = watch::channel(false);
     let mut workers = Vec::new();
     for index in 0..options.threads.max(1) {
@@ -572,7 +652,7 @@ async fn accept_loop(
     unix: Option<std::os::unix::net::UnixListener>,
     state: Arc<AppState>,
     options: ServeOptions,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     mut closed: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
@@ -586,22 +666,20 @@ async fn accept_loop(
     builder
         .http2()
         .timer(TokioTimer::new())
-        // Find dead HTTP/2 peers; an idle live one holds a connection slot.
+        // Find dead HTTP/2 peers; idle live ones are retired by their guard.
         .keep_alive_interval(Some(HTTP2_KEEP_ALIVE))
-        .keep_alive_timeout(HTTP2_KEEP_ALIVE);
-    let graceful = GracefulShutdown::new();
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE)
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .max_send_buf_size(HTTP2_MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
     let worker = Arc::new(Worker {
         proxy: state.upstream.as_ref().map(Upstream::client),
         state,
         tunnels: TaskTracker::new(),
     });
+    let connections = TaskTracker::new();
     loop {
         let accept = async {
-            let slot = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
             let accepted = match &unix {
                 Some(unix) => tokio::select! {
                     accepted = listener.accept() => accepted.map(|(s, peer)| Accepted::Tcp(s, peer)),
@@ -612,13 +690,16 @@ async fn accept_loop(
                     .await
                     .map(|(s, peer)| Accepted::Tcp(s, peer)),
             };
-            (slot, accepted)
+            match accepted {
+                Ok(accepted) => Ok((accepted, slots.take().await)),
+                Err(e) => Err(e),
+            }
         };
-        let (slot, accepted) = tokio::select! {
+        let accepted = tokio::select! {
             accepted = accept => accepted,
             _ = closed.wait_for(|closed| *closed) => break,
         };
-        let accepted = match accepted {
+        let (accepted, (slot, capacity)) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment rather
@@ -628,24 +709,29 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Held by the connection, and by its tunnel if it is upgraded.
-        let slot = Arc::new(slot);
+        let connection = Connection {
+            // Held by the connection, and by its tunnel if it is upgraded.
+            slot: Arc::new(slot),
+            capacity,
+            closed: closed.clone(),
+        };
         match accepted {
             Accepted::Tcp(stream, peer) => {
                 let _ = stream.set_nodelay(true);
                 let peer = Some(Peer::new(peer));
-                serve_connection(&builder, &graceful, &worker, stream, peer, slot, options);
+                connection.serve(&builder, &connections, &worker, stream, peer, options);
             }
             Accepted::Unix(stream) => {
-                serve_connection(&builder, &graceful, &worker, stream, None, slot, options);
+                connection.serve(&builder, &connections, &worker, stream, None, options);
             }
         }
     }
 
     drop(listener);
+    connections.close();
     worker.tunnels.close();
     let finished = async {
-        graceful.shutdown().await;
+        connections.wait().await;
         worker.tunnels.wait().await;
     };
     if tokio::time::timeout(options.grace, finished).await.is_err() {
@@ -660,34 +746,113 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-/// Serve one accepted connection on a task of this thread, watched by
-/// `graceful`. `peer` is `None` on the probe socket.
-fn serve_connection<S>(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    worker: &Arc<Worker>,
-    stream: S,
-    peer: Option<Peer>,
+/// An accepted connection with its slot.
+struct Connection {
     slot: Arc<OwnedSemaphorePermit>,
-    options: ServeOptions,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let stream = FirstByteDeadline::new(stream, options.header_read_timeout);
-    let worker = worker.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
-        let (worker, peer, slot) = (worker.clone(), peer.clone(), slot.clone());
-        async move { Ok::<_, Infallible>(handle(&worker, request, peer.as_ref(), &slot).await) }
-    });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let connection = graceful.watch(connection);
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("connection ended with an error: {e}");
-        }
-    });
+    capacity: Capacity,
+    /// Becomes true when the server stops accepting.
+    closed: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serve the connection on a task of this thread, tracked by
+    /// `connections`, under its [`Guard`]. `peer` is `None` on the probe
+    /// socket.
+    fn serve<S>(
+        self,
+        builder: &auto::Builder<TokioExecutor>,
+        connections: &TaskTracker,
+        worker: &Arc<Worker>,
+        stream: S,
+        peer: Option<Peer>,
+        options: ServeOptions,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            slot,
+            capacity,
+            mut closed,
+        } = self;
+        let guard = Arc::new(match capacity {
+            Capacity::General => Guard::new(
+                options.send_timeout,
+                options.header_read_timeout,
+                guard::MAX_REQUESTS,
+            ),
+            Capacity::Reserve => {
+                Guard::new(options.send_timeout.min(RESERVE_SEND), RESERVE_IDLE, 1)
+            }
+        });
+        let stream = GuardedIo::new(stream, guard.clone());
+        let worker = worker.clone();
+        let requests = guard.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let (worker, peer, slot) = (worker.clone(), peer.clone(), slot.clone());
+            let open = requests.start();
+            let last = requests.is_last_request();
+            let http1 = request.version() < http::Version::HTTP_2;
+            if !http1 {
+                requests.speaks_http2();
+            }
+            async move {
+                let mut response = handle(&worker, request, peer.as_ref(), &slot, capacity).await;
+                if last && http1 {
+                    // Read no further pipelined request: close after this one.
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, open)))
+            }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let mut retired = false;
+            let mut retired_at = tokio::time::Instant::now();
+            loop {
+                let wake = match guard.check() {
+                    Action::WaitUntil(at) => at,
+                    Action::Close(why) => {
+                        tracing::debug!("closing a connection: {why}");
+                        return;
+                    }
+                    Action::Retire(why) if !retired => {
+                        tracing::trace!("retiring a connection: {why}");
+                        connection.as_mut().graceful_shutdown();
+                        retired = true;
+                        retired_at = tokio::time::Instant::now();
+                        continue;
+                    }
+                    // Retired with nothing left to answer, and the client
+                    // has not let the connection end (an HTTP/2 client that
+                    // does not acknowledge the GOAWAY's ping): close it.
+                    Action::Retire(why) if retired_at.elapsed() >= RETIRE_GRACE => {
+                        tracing::debug!("closing a retired connection: {why}");
+                        return;
+                    }
+                    Action::Retire(_) => retired_at + RETIRE_GRACE,
+                };
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!("connection ended with an error: {e}");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep_until(wake) => {}
+                    _ = closed.wait_for(|closed| *closed), if !retired => {
+                        connection.as_mut().graceful_shutdown();
+                        retired = true;
+                        retired_at = tokio::time::Instant::now();
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Where the server accepts connections: its TCP listener, and the probe
@@ -696,160 +861,6 @@ fn serve_connection<S>(
 pub struct Listeners {
     pub tcp: TcpListener,
     pub unix: Option<ProbeSocket>,
-}
-
-/// The Unix socket that answers the probe paths (`server.socket`).
-#[derive(Debug)]
-pub struct ProbeSocket {
-    listener: std::os::unix::net::UnixListener,
-    file: SocketFile,
-}
-
-impl ProbeSocket {
-    /// Bind `path`. A socket file that nothing answers on (left by a process
-    /// that was killed) is replaced; a live one, or a file of another kind,
-    /// is an error.
-    pub fn bind(path: &std::path::Path) -> std::io::Result<ProbeSocket> {
-        use std::io::{Error, ErrorKind};
-        use std::os::unix::fs::FileTypeExt;
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(Error::new(
-                        ErrorKind::AddrInUse,
-                        "another process is listening on it",
-                    ));
-                }
-                std::fs::remove_file(path)?;
-            }
-            Ok(_) => {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    "a file that is not a socket is in the way",
-                ));
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = std::os::unix::net::UnixListener::bind(path)?;
-        listener.set_nonblocking(true)?;
-        let file = SocketFile::new(path)?;
-        Ok(ProbeSocket { listener, file })
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.file.path
-    }
-}
-
-/// Removes the socket file it names when dropped, unless another process has
-/// bound a socket of its own at that path since.
-#[derive(Debug)]
-struct SocketFile {
-    path: std::path::PathBuf,
-    identity: (u64, u64),
-}
-
-impl SocketFile {
-    fn new(path: &std::path::Path) -> std::io::Result<SocketFile> {
-        Ok(SocketFile {
-            path: path.to_owned(),
-            identity: Self::identity_of(path)?,
-        })
-    }
-
-    fn identity_of(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok((meta.dev(), meta.ino()))
-    }
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if Self::identity_of(&self.path).is_ok_and(|id| id == self.identity) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// A connection that must send its first byte within a deadline.
-///
-/// The HTTP/1-or-2 detection reads the first bytes before hyper's own header
-/// timer starts, so without this a client that connects and sends nothing would
-/// hold a connection slot forever. After the first byte the stream is
-/// transparent: hyper's timers (and, once upgraded, nobody's) apply.
-struct FirstByteDeadline<S> {
-    inner: S,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> FirstByteDeadline<S> {
-    fn new(inner: S, limit: Duration) -> FirstByteDeadline<S> {
-        FirstByteDeadline {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep(limit))),
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let Some(deadline) = self.deadline.as_mut() else {
-            return polled;
-        };
-        match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => self.deadline = None,
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-            }
-            _ => {}
-        }
-        polled
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

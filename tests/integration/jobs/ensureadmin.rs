@@ -268,3 +268,51 @@ fn a_database_without_migrations_is_a_clear_error() {
         "The auth_user table does not exist in database \"default\": run migrations first.\n"
     );
 }
+
+/// Usernames with SQL quotes and characters that NFKC changes, and an email
+/// longer than the column, are handled as Django would: stored as
+/// parameters (never spliced into SQL), normalized, or refused cleanly.
+#[test]
+fn hostile_usernames_and_emails_are_stored_as_django_would() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    migrate(&db.url);
+    let dir = TestDir::new();
+    let config = quick_hashes(&dir, "");
+    for (given, stored) in [
+        (
+            "o'brien\"; DROP TABLE auth_user; --",
+            "o'brien\"; DROP TABLE auth_user; --",
+        ),
+        // NFKC: the ligature and the full-width letters become plain ASCII.
+        ("ﬁnance＿ＡＤＭＩＮ", "finance_ADMIN"),
+    ] {
+        let output = run(ensureadmin(&db.url)
+            .arg("-c")
+            .arg(&config)
+            .env("DJANGO_ADMIN_USERNAME", given)
+            .env("DJANGO_ADMIN_PASSWORD", PASSWORD));
+        assert_eq!(output.code, 0, "{given}: {output:?}");
+        let row = admin_report(&db.url, stored, PASSWORD);
+        assert_eq!(row["matching"], 1, "{given} stored as {stored}: {row}");
+        assert_eq!(row["authenticated"], true, "{given}: {row}");
+    }
+    // An email longer than auth_user.email (254): refused with a clear error,
+    // nothing written.
+    let before = admin_report(&db.url, "nobody", PASSWORD)["count"].clone();
+    let output = run(ensureadmin(&db.url)
+        .arg("-c")
+        .arg(&config)
+        .env("DJANGO_ADMIN_USERNAME", "longmail")
+        .env("DJANGO_ADMIN_PASSWORD", PASSWORD)
+        .env(
+            "DJANGO_ADMIN_EMAIL",
+            format!("{}@example.com", "a".repeat(300)),
+        ));
+    assert_eq!(output.code, 1, "{output:?}");
+    assert!(
+        !output.stderr.is_empty() && !output.stderr.contains("panicked"),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(admin_report(&db.url, "nobody", PASSWORD)["count"], before);
+}

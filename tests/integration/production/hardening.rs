@@ -63,25 +63,26 @@ fn a_malformed_request_line_is_400() {
 }
 
 #[test]
-fn idle_connections_are_bounded_in_number_and_time() {
+fn idle_connections_are_bounded_in_time_and_cannot_starve_probes() {
     let (_dir, server) = server("max_connections = 8\nheader_read_timeout = \"1s\"");
     let idle: Vec<TcpStream> = (0..16)
         .map(|_| TcpStream::connect(server.address).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    // All slots are held by idle connections: a new request waits until the
-    // server drops them, then is served.
+    // Every slot is held by an idle connection: a probe is still answered at
+    // once, from the probe reserve, and anything else is told the server is busy.
     let started = Instant::now();
     let response = server.get("/livez");
-    assert_eq!(response.status, 200);
+    assert_eq!((response.status, response.body.as_str()), (200, "Ok"));
     assert!(
-        started.elapsed() >= Duration::from_millis(700),
-        "served at once: the bound did not hold"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
+        started.elapsed() < Duration::from_millis(500),
+        "liveness waited {:?} behind idle connections",
         started.elapsed()
+    );
+    let busy = server.get("/metrics");
+    assert_eq!(
+        (busy.status, busy.body.as_str()),
+        (503, "server busy: only probe paths are answered")
     );
     for mut stream in idle {
         stream
@@ -93,6 +94,8 @@ fn idle_connections_are_bounded_in_number_and_time() {
             "an idle connection was not closed"
         );
     }
+    // Their slots are free again.
+    assert_eq!(server.get("/metrics").status, 200);
 }
 
 #[test]

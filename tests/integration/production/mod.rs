@@ -3,6 +3,7 @@
 
 mod drain;
 mod exec_probe;
+mod front_door;
 mod hardening;
 mod output;
 mod proxy;
