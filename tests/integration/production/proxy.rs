@@ -284,3 +284,38 @@ fn upstream_connections_are_reused() {
     assert_eq!(app.connections(), 2);
     assert_eq!(app.seen().len(), 27);
 }
+
+/// A request with both Content-Length and chunked framing is one request, and
+/// it reaches the application with one framing: nothing hidden in its body is
+/// smuggled through as a second request. An unknown transfer coding is 400.
+#[test]
+fn ambiguous_framing_cannot_smuggle_a_request() {
+    let app = Upstream::start();
+    let (_dir, server) = proxy(&app.url(), "");
+    let smuggling = b"POST /submit HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+        0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = raw_exchange(server.address, smuggling, Duration::from_secs(10));
+    assert!(!answer.is_empty(), "no answer");
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = app.seen();
+    assert!(
+        seen.iter().all(|r| r.path_and_query != "/smuggled"),
+        "a request was smuggled: {:?}",
+        seen.iter().map(|r| &r.path_and_query).collect::<Vec<_>>()
+    );
+    for request in seen.iter().filter(|r| r.path_and_query == "/submit") {
+        let names: Vec<&str> = request.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            !(names.contains(&"content-length") && names.contains(&"transfer-encoding")),
+            "both framings reached the application: {names:?}"
+        );
+        assert!(request.body.is_empty(), "{:?}", request.body);
+    }
+    let answer = raw_exchange(
+        server.address,
+        b"POST /submit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
