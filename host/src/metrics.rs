@@ -261,6 +261,16 @@ impl Metrics {
         let _ = writeln!(out, "probehost_evaluations_shared_total {}", self.shared());
 
         out.push_str(
+            "# HELP probehost_log_lines_dropped_total Log lines lost: stderr was closed, full or too slow.\n",
+        );
+        out.push_str("# TYPE probehost_log_lines_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "probehost_log_lines_dropped_total {}",
+            crate::logging::dropped()
+        );
+
+        out.push_str(
             "# HELP probehost_http_requests_total HTTP requests by route and status class.\n",
         );
         out.push_str("# TYPE probehost_http_requests_total counter\n");

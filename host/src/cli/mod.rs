@@ -150,7 +150,9 @@ impl Command {
 pub fn main() -> ExitCode {
     // clap prints usage and exits 2 on a bad command line.
     let cli = Cli::parse();
-    ExitCode::from(run(cli))
+    let code = run(cli);
+    crate::logging::flush();
+    ExitCode::from(code)
 }
 
 /// Run a parsed command line; returns the exit code.

@@ -5,6 +5,7 @@ mod drain;
 mod exec_probe;
 mod front_door;
 mod hardening;
+mod log_sink;
 mod output;
 mod proxy;
 mod sharing;
