@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::net::TcpListener;
 
 use super::{Global, exit, load_config};
 use crate::app::{self, StartupError};
@@ -64,8 +63,7 @@ pub(super) fn serve_config(global: &Global, args: &ServeArgs) -> Result<Config, 
 /// the application) and coordinates shutdown; connections are served on
 /// threads of their own (`server::serve`).
 pub(super) async fn bind(config: &Config, state: &AppState) -> anyhow::Result<Listeners> {
-    let listener = TcpListener::bind(config.server.listen)
-        .await
+    let listener = crate::server::listen_tcp(config.server.listen)
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let address = listener.local_addr()?;
     let unix = match &config.server.socket {

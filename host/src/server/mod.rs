@@ -62,6 +62,26 @@ const RESERVE_SEND: Duration = Duration::from_millis(250);
 const RETIRE_GRACE: Duration = Duration::from_millis(250);
 /// How long a liveness check waits for the upstream port to accept.
 const UPSTREAM_LIVENESS_TIMEOUT: Duration = Duration::from_millis(300);
+/// How many connections the kernel may hold for us before we accept them
+/// (clamped to `net.core.somaxconn`). tokio's default of 1,024 is smaller than
+/// a burst of clients a server at its default `max_connections` can meet: the
+/// SYNs past it are dropped, and the kubelet's probe that lands among them is
+/// retried by TCP only after a second, a failed probe at the default timeout.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `address` for serving, with a backlog of 4,096 (clamped by the
+/// kernel) and the address reuse a restarted server needs.
+pub fn listen_tcp(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Marks probehost's own answers, so `probe --ready` can tell it is talking to
 /// probehost and not to an application on the same port.
 pub const ANSWERED_BY: &str = "x-probehost";
