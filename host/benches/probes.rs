@@ -18,6 +18,7 @@
 //! | Redis probe check, Rust and Python (fresh instance, connect, PING) | the same connect and PING done by the host |
 //! | start to first ready answer, Redis probe, Rust and Python | the same after `probehost precompile` |
 //! | `/livez` throughput (16 connections) and fresh-connection p99 with 1,000 stalled readers | the same server without them |
+//! | resident memory 30 s after 1,100 connections x 100 stuck HTTP/2 streams close (and at the peak) | the same server before them |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
 //! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
@@ -55,6 +56,11 @@ const LOAD_DURATION: Duration = Duration::from_secs(3);
 const LOAD_ROUNDS: usize = 3;
 const LATENCY_SAMPLES: usize = 300;
 const PROCESS_SAMPLES: usize = 40;
+/// Stuck HTTP/2 connections: more than the default `max_connections` and
+/// probe reserve admit.
+const H2_CONNECTIONS: usize = 1_100;
+/// Streams each of them opens (the server allows 16 at a time).
+const H2_STREAMS: u32 = 100;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -77,10 +83,11 @@ fn main() {
 
     println!("probehost benchmarks (targets in brackets; ratios are probehost / baseline)\n");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // `PROBEHOST_BENCH=stalled` runs only the stalled-readers section.
-    if std::env::var("PROBEHOST_BENCH").as_deref() == Ok("stalled") {
-        stalled_readers(&rt, &dir);
-        return;
+    // `PROBEHOST_BENCH=stalled` or `=h2` runs only that section.
+    match std::env::var("PROBEHOST_BENCH").as_deref() {
+        Ok("stalled") => return stalled_readers(&rt, &dir),
+        Ok("h2") => return stuck_http2_streams(&rt, &dir),
+        _ => {}
     }
 
     // Throughput of /livez, and memory after the load.
@@ -135,6 +142,7 @@ fn main() {
     // /livez with 1,000 clients that never read their answers holding
     // connections, against the same server without them.
     stalled_readers(&rt, &dir);
+    stuck_http2_streams(&rt, &dir);
 
     // Instantiate + call of one probe component, in process.
     let (with_wasm, without) = rt.block_on(instantiate_and_call());
@@ -783,8 +791,10 @@ async fn instantiate_and_call() -> (Duration, Duration) {
 /// raised past it, so none is closed early: the worst case).
 const STALLED_READERS: usize = 1000;
 
-fn stalled_readers(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
-    let config = dir.path().join("stalled.toml");
+/// A server on SQLite with `send_timeout` raised past any measurement, so no
+/// stalled client is closed early: the worst case.
+fn patient_server(dir: &tempfile::TempDir, name: &str) -> Listening {
+    let config = dir.path().join(name);
     std::fs::write(
         &config,
         format!(
@@ -794,12 +804,16 @@ fn stalled_readers(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
         ),
     )
     .unwrap();
-    let server = spawn_listening(
+    spawn_listening(
         Command::new(PROBEHOST)
             .arg("--config")
             .arg(&config)
             .arg("serve"),
-    );
+    )
+}
+
+fn stalled_readers(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
+    let server = patient_server(dir, "stalled.toml");
     let measure = || {
         let rps = median_f64(
             (0..LOAD_ROUNDS)
@@ -811,18 +825,7 @@ fn stalled_readers(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
     let (idle_rps, idle_p99) = measure();
     let payload = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
     let stalled: Vec<std::net::TcpStream> = (0..STALLED_READERS)
-        .map(|_| {
-            let fd = rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::STREAM,
-                None,
-            )
-            .unwrap();
-            rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
-            rustix::net::connect(&fd, &server.address).unwrap();
-            let _ = rustix::net::send(&fd, payload.as_bytes(), rustix::net::SendFlags::DONTWAIT);
-            std::net::TcpStream::from(fd)
-        })
+        .map(|_| never_reading(server.address, payload.as_bytes()))
         .collect();
     // Let the server write what it can to them.
     std::thread::sleep(Duration::from_secs(2));
@@ -844,6 +847,89 @@ fn stalled_readers(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
         "[well under 1 s]",
     );
     println!("    → resident memory with them connected: {rss:.1} MiB");
+}
+
+/// A connection with a 4 KiB receive buffer that sends `payload` (as much of
+/// it as fits at once) and never reads.
+fn never_reading(address: SocketAddr, payload: &[u8]) -> std::net::TcpStream {
+    let fd = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 4096).unwrap();
+    rustix::net::connect(&fd, &address).unwrap();
+    let _ = rustix::net::send(&fd, payload, rustix::net::SendFlags::DONTWAIT);
+    std::net::TcpStream::from(fd)
+}
+
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What an HTTP/2 client that grants no window sends: the preface, SETTINGS
+/// with `SETTINGS_INITIAL_WINDOW_SIZE = 0`, and `streams` GETs for `path`
+/// (HPACK with the static table only).
+fn zero_window_h2(streams: u32, path: &str) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    for i in 0..streams {
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 0x01, b'x']);
+        out.extend(h2_frame(0x1, 0x5, 2 * i + 1, &block));
+    }
+    out
+}
+
+/// Stuck HTTP/2 streams: more connections than the default limits admit,
+/// each opening [`H2_STREAMS`] `/metrics` streams with a zero window and never
+/// reading, held (a long `send_timeout`) for the worst case. Resident memory
+/// before, at the peak, and 30 s after they close.
+fn stuck_http2_streams(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
+    let server = patient_server(dir, "h2.toml");
+    // The working set of a server that has served.
+    rt.block_on(load_with(server.address, "/metrics", 16));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kib(&server.child) as f64 / 1024.0;
+    let payload = zero_window_h2(H2_STREAMS, "/metrics");
+    let flood: Vec<std::net::TcpStream> = (0..H2_CONNECTIONS)
+        .map(|_| never_reading(server.address, &payload))
+        .collect();
+    let mut peak = 0.0f64;
+    for _ in 0..50 {
+        peak = peak.max(rss_kib(&server.child) as f64 / 1024.0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p99 = fresh_connection_p99(server.address);
+    peak = peak.max(rss_kib(&server.child) as f64 / 1024.0);
+    drop(flood);
+    std::thread::sleep(Duration::from_secs(30));
+    let after = rss_kib(&server.child) as f64 / 1024.0;
+    println!(
+        "stuck HTTP/2 streams: {H2_CONNECTIONS} connections x {H2_STREAMS} zero-window streams, \
+         default limits"
+    );
+    println!(
+        "    → resident memory before {before:.1} MiB, at the peak {peak:.1} MiB [under 64 MiB]"
+    );
+    report(
+        "resident memory 30 s after the flood",
+        after,
+        before,
+        "MiB",
+        "[ratio at most 1.10]",
+    );
+    println!(
+        "    → /livez p99 on a fresh connection during the flood: {:.0} µs",
+        micros(p99)
+    );
 }
 
 /// p99 of `GET /livez` on a fresh connection each time (the kubelet's way).

@@ -20,3 +20,4 @@ pub mod readiness;
 pub mod scaffold;
 pub mod server;
 pub mod signals;
+pub mod warden;

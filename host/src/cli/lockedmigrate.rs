@@ -25,7 +25,8 @@ pub struct LockedMigrateArgs {
     )]
     pub lock_id: Option<i64>,
     /// Give up (exit 1) if the lock is not acquired within this many seconds
-    #[arg(long, value_name = "SEC", value_parser = positive_seconds)]
+    /// (at most 2147483; without it, wait for as long as it takes)
+    #[arg(long, value_name = "SEC", value_parser = lock_timeout)]
     pub lock_timeout: Option<Duration>,
     /// Tells Django to NOT prompt the user for input of any kind.
     #[arg(long = "noinput", visible_alias = "no-input")]
@@ -139,12 +140,27 @@ impl LockedMigrateArgs {
     }
 }
 
-fn positive_seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
+/// The longest `--lock-timeout` every supported database accepts:
+/// PostgreSQL's `lock_timeout` is a 32-bit count of milliseconds.
+const MAX_LOCK_TIMEOUT_SECS: f64 = 2_147_483.0;
+
+fn lock_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
         .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+        .filter(|s: &f64| !s.is_nan())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))?;
+    if seconds <= 0.0 {
+        return Err(format!("{text:?} is not a positive number of seconds"));
+    }
+    if seconds > MAX_LOCK_TIMEOUT_SECS {
+        return Err(format!(
+            "{text:?} is more than {MAX_LOCK_TIMEOUT_SECS} seconds (about 24 days), the longest \
+             wait PostgreSQL accepts; leave --lock-timeout out to wait without a limit"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 pub(super) fn exec(global: &Global, args: &LockedMigrateArgs) -> Result<u8, StartupError> {

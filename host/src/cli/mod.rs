@@ -113,13 +113,17 @@ pub enum Command {
     /// Run Django migrations (or any command after `--`) holding a database lock;
     /// safe across multiple processes.
     Lockedmigrate(LockedMigrateArgs),
+    /// Internal: the process that stops `run`'s and `lockedmigrate`'s command
+    /// if probehost dies (see the `warden` module).
+    #[command(hide = true)]
+    Warden,
 }
 
 impl Command {
     /// The log filter when neither `--log` nor `PROBEHOST_LOG` sets one.
     fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Serve(_) | Command::Run(_) | Command::Precompile => "info",
+            Command::Serve(_) | Command::Run(_) | Command::Precompile | Command::Warden => "info",
             // An exec probe's output is its answer; keep the probes' own log
             // lines out of it unless asked for.
             Command::Probe(_) => "warn,probehost::guest=off",
@@ -142,6 +146,7 @@ impl Command {
             Command::Wait4db(args) => wait4db::exec(global, args),
             Command::Ensureadmin(args) => ensureadmin::exec(global, args),
             Command::Lockedmigrate(args) => lockedmigrate::exec(global, args),
+            Command::Warden => Ok(crate::warden::serve_orders()),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::child;
 use crate::jobs::lockedmigrate::EXIT_CANNOT_RUN;
 use crate::server::{Lifecycle, Stop};
 use crate::signals;
+use crate::warden::{self, Warden};
 
 /// `probehost run [serve options] -- CMD ARGS...`
 #[derive(Debug, Args)]
@@ -49,15 +50,20 @@ pub(super) fn exec(global: &Global, args: &RunArgs) -> Result<u8, StartupError> 
         tokio::spawn(signals::shutdown(stops.clone(), Some(first_signal)));
         let forward = signals::forward();
         let listener = bind(&config, &state).await?;
+        let mut warden = Warden::start(&[]).context("starting the warden process")?;
         // Spawned here, on the main thread, which the parent-death signal follows.
         let mut app = match child::command(&args.command).spawn() {
             Ok(app) => app,
             Err(e) => {
+                warden.stand_down();
                 error(&format!("cannot run {}: {e}", args.command[0]));
                 return Ok(EXIT_CANNOT_RUN);
             }
         };
         let pid = app.id();
+        if let Some(pid) = pid {
+            warden.watch(pid);
+        }
         // Only the program: arguments can carry secrets.
         tracing::info!(pid, program = %args.command[0], "application started");
         let (exited_tx, mut exited) = tokio::sync::watch::channel(None);
@@ -97,6 +103,12 @@ pub(super) fn exec(global: &Global, args: &RunArgs) -> Result<u8, StartupError> 
             .wait_for(Option::is_some)
             .await
             .expect("the waiter reports once");
+        // What the application left in its group: SIGTERM, then SIGKILL
+        // after the grace.
+        if let Some(pid) = pid {
+            warden::stop_group(pid, config.server.grace).await;
+        }
+        warden.stand_down();
         tracing::info!(code, "stopped");
         Ok(code.unwrap_or(exit::FAILURE))
     });

@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,11 +46,27 @@ pub enum LockError {
 }
 
 /// A held migration lock.
+///
+/// `sockets` are duplicates of the lock connection's socket: handed to the
+/// warden ([`crate::warden`]), they keep the server's session, and with it
+/// the lock, alive after probehost dies until the command's whole process
+/// group is gone.
 #[derive(Debug)]
 pub enum MigrationLock {
-    Postgres { conn: PgConnection, id: i64 },
-    Mysql { conn: MySqlConnection, name: String },
-    Sqlite { file: File, path: PathBuf },
+    Postgres {
+        conn: PgConnection,
+        id: i64,
+        sockets: Vec<OwnedFd>,
+    },
+    Mysql {
+        conn: MySqlConnection,
+        name: String,
+        sockets: Vec<OwnedFd>,
+    },
+    Sqlite {
+        file: File,
+        path: PathBuf,
+    },
 }
 
 impl MigrationLock {
@@ -64,17 +81,32 @@ impl MigrationLock {
         if let Some(path) = db.options.sqlite_file() {
             return acquire_file(&lock_file_path(path, id), id, timeout, waiting).await;
         }
+        let before = open_sockets();
         let conn = db
             .options
             .connect(db.connect_timeout)
             .await
             .map_err(LockError::Connect)?;
+        let sockets = duplicate_sockets_since(&before);
         match conn {
-            Connection::Postgres(conn) => acquire_postgres(db, conn, id, timeout, waiting).await,
-            Connection::Mysql(conn) => acquire_mysql(db, conn, id, timeout, waiting).await,
+            Connection::Postgres(conn) => {
+                acquire_postgres(db, conn, id, timeout, waiting, sockets).await
+            }
+            Connection::Mysql(conn) => acquire_mysql(db, conn, id, timeout, waiting, sockets).await,
             Connection::Sqlite(_) => Err(LockError::Failed(
                 "an in-memory SQLite database cannot be locked across processes".into(),
             )),
+        }
+    }
+
+    /// What keeps the lock held in another process: the lock connection's
+    /// socket, or the locked file.
+    pub fn held_fds(&self) -> Vec<BorrowedFd<'_>> {
+        match self {
+            MigrationLock::Postgres { sockets, .. } | MigrationLock::Mysql { sockets, .. } => {
+                sockets.iter().map(AsFd::as_fd).collect()
+            }
+            MigrationLock::Sqlite { file, .. } => vec![file.as_fd()],
         }
     }
 
@@ -103,14 +135,14 @@ impl MigrationLock {
     pub async fn release(self) {
         use sqlx::Connection as _;
         match self {
-            MigrationLock::Postgres { mut conn, id } => {
+            MigrationLock::Postgres { mut conn, id, .. } => {
                 let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                     .bind(id)
                     .execute(&mut conn)
                     .await;
                 let _ = conn.close().await;
             }
-            MigrationLock::Mysql { mut conn, name } => {
+            MigrationLock::Mysql { mut conn, name, .. } => {
                 let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
                     .bind(&name)
                     .execute(&mut conn)
@@ -124,6 +156,40 @@ impl MigrationLock {
     }
 }
 
+// ----- the lock connection's socket -----
+
+/// The socket descriptors this process has open, by number.
+fn open_sockets() -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Duplicates of the sockets opened since `before`: the connection just made
+/// (a job runs on one thread, so nothing else opens one meanwhile).
+fn duplicate_sockets_since(before: &[i32]) -> Vec<OwnedFd> {
+    open_sockets()
+        .into_iter()
+        .filter(|fd| !before.contains(fd))
+        .filter_map(|fd| {
+            #[allow(unsafe_code)]
+            // SAFETY: `fd` was listed as open in this process a moment ago
+            // and nothing on this thread closes it before the duplicate is
+            // made; the borrow does not outlive this expression.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_dupfd_cloexec(borrowed, 3).ok()
+        })
+        .collect()
+}
+
 // ----- PostgreSQL -----
 
 async fn acquire_postgres(
@@ -132,6 +198,7 @@ async fn acquire_postgres(
     id: i64,
     timeout: Option<Duration>,
     waiting: &mut dyn FnMut(Duration, &str),
+    sockets: Vec<OwnedFd>,
 ) -> Result<MigrationLock, LockError> {
     // Let the server give up the wait at the deadline, so no abandoned session
     // keeps queueing for the lock after this process stops waiting; and notice a
@@ -170,7 +237,7 @@ async fn acquire_postgres(
             if timeout.is_some() {
                 let _ = sqlx::query("SET lock_timeout = 0").execute(&mut conn).await;
             }
-            Ok(MigrationLock::Postgres { conn, id })
+            Ok(MigrationLock::Postgres { conn, id, sockets })
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
             Err(LockError::Timeout {
@@ -238,6 +305,7 @@ async fn acquire_mysql(
     id: i64,
     timeout: Option<Duration>,
     waiting: &mut dyn FnMut(Duration, &str),
+    sockets: Vec<OwnedFd>,
 ) -> Result<MigrationLock, LockError> {
     let name = mysql_lock_name(db.options.database_name().unwrap_or(""), id);
     let started = Instant::now();
@@ -255,7 +323,13 @@ async fn acquire_mysql(
             .await
             .map_err(|e| LockError::Failed(e.to_string()))?;
         match got {
-            Some(1) => return Ok(MigrationLock::Mysql { conn, name }),
+            Some(1) => {
+                return Ok(MigrationLock::Mysql {
+                    conn,
+                    name,
+                    sockets,
+                });
+            }
             Some(_) => {}
             None => return Err(LockError::Failed(format!("GET_LOCK({name:?}) failed"))),
         }

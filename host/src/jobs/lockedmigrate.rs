@@ -2,9 +2,12 @@
 //!
 //! The command runs as a child in a process group of its own; SIGTERM and SIGINT
 //! sent to probehost are forwarded to that group (the command and whatever it
-//! started), and the command is killed if probehost dies (`PR_SET_PDEATHSIG`),
-//! so a killed holder never leaves a migration running unlocked. While it runs, the lock's connection is checked; if it is lost, the
-//! command is stopped, because another replica may already hold the lock.
+//! started). If probehost dies, by any signal, the warden ([`crate::warden`])
+//! kills the whole group and holds the lock until every process of it is gone,
+//! so a killed holder never leaves a migration running unlocked. When the
+//! command exits, what it left in its group is stopped before the lock is
+//! released. While it runs, the lock's connection is checked; if it is lost,
+//! the command is stopped, because another replica may already hold the lock.
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::lock::MigrationLock;
 use crate::child::{self, exit_code, signal_group};
+use crate::warden::{self, Warden};
 
 /// How often the lock's connection is checked while the command runs.
 const LOCK_CHECK: Duration = Duration::from_secs(2);
@@ -38,17 +42,45 @@ pub enum Ended {
 /// Start `command` while `lock` is held, forward signals to it, watch the lock,
 /// and release the lock when the command has ended.
 pub async fn run_locked(mut lock: MigrationLock, command: &[String]) -> Ended {
-    let ended = supervise(&mut lock, command).await;
+    let mut warden = match Warden::start(&lock.held_fds()) {
+        Ok(warden) => warden,
+        Err(e) => {
+            lock.release().await;
+            return Ended::CannotRun(format!("cannot start the warden process: {e}"));
+        }
+    };
+    let (ended, group) = supervise(&mut lock, command, &mut warden).await;
+    // Nothing the command started outlives it while the lock is held.
+    if let Some(group) = group {
+        warden::stop_group(group, STOP_GRACE).await;
+    }
     lock.release().await;
+    warden.stand_down();
     ended
 }
 
-async fn supervise(lock: &mut MigrationLock, command: &[String]) -> Ended {
+async fn supervise(
+    lock: &mut MigrationLock,
+    command: &[String],
+    warden: &mut Warden,
+) -> (Ended, Option<u32>) {
     let mut child = match spawn(command) {
         Ok(child) => child,
-        Err(e) => return Ended::CannotRun(format!("cannot run {}: {e}", command[0])),
+        Err(e) => {
+            return (
+                Ended::CannotRun(format!("cannot run {}: {e}", command[0])),
+                None,
+            );
+        }
     };
     let pid = child.id();
+    if let Some(pid) = pid {
+        warden.watch(pid);
+    }
+    (watch_child(lock, &mut child, pid).await, pid)
+}
+
+async fn watch_child(lock: &mut MigrationLock, child: &mut Child, pid: Option<u32>) -> Ended {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -66,7 +98,7 @@ async fn supervise(lock: &mut MigrationLock, command: &[String]) -> Ended {
             _ = int.recv() => signal_group(pid, Signal::INT),
             _ = check.tick() => {
                 if let Err(reason) = lock.check(LOCK_CHECK_TIMEOUT).await {
-                    stop(&mut child, pid).await;
+                    stop(child, pid).await;
                     return Ended::LockLost(reason);
                 }
             }

@@ -24,7 +24,7 @@ pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
 pub use http::{Response, get, request, try_get};
 pub use private::{Memcached, PrivateServer};
-pub use process::{Background, Output, Server, probehost, run};
+pub use process::{Background, Output, Server, has_ended, probehost, process_state, run};
 pub use python::python_redis_probe;
 pub use upstream::Upstream;
 

@@ -296,3 +296,16 @@ fn collect(
         }
     })
 }
+
+/// The state of process `pid` from `/proc` (`None` when it is gone): a
+/// zombie (`Z`) has ended and only waits for its parent to collect it.
+pub fn process_state(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// Whether process `pid` has ended (gone, or a zombie).
+pub fn has_ended(pid: &str) -> bool {
+    matches!(process_state(pid).as_deref(), None | Some("Z"))
+}

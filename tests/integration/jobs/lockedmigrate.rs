@@ -234,6 +234,40 @@ fn a_lock_id_that_is_not_an_integer_exits_2() {
     );
 }
 
+/// Every value is judged at parsing, before any database is asked: what no
+/// supported database accepts is refused, naming the bound.
+#[test]
+fn a_lock_timeout_out_of_range_exits_2_naming_the_bound() {
+    for (value, says) in [
+        ("2147484", "more than 2147483 seconds"),
+        ("1e9", "more than 2147483 seconds"),
+        ("99999999999999999999", "more than 2147483 seconds"),
+        ("inf", "more than 2147483 seconds"),
+        ("0", "not a positive number of seconds"),
+        ("-1", "not a positive number of seconds"),
+        ("NaN", "not a number of seconds"),
+        ("soon", "not a number of seconds"),
+    ] {
+        let output = run(probehost().args([
+            "lockedmigrate",
+            &format!("--lock-timeout={value}"),
+            "--",
+            "true",
+        ]));
+        assert_eq!(output.code, 2, "{value}: {output:?}");
+        assert!(output.stderr.contains(says), "{value}: {}", output.stderr);
+        assert!(
+            output.stderr.contains("--lock-timeout"),
+            "{value}: {}",
+            output.stderr
+        );
+    }
+    // The bound itself is accepted.
+    let db = FreshDatabase::new(Kind::Postgres);
+    let output = run(lockedmigrate(&db.url).args(["--lock-timeout", "2147483", "--", "true"]));
+    assert_eq!(output.code, 0, "{output:?}");
+}
+
 #[test]
 fn any_command_runs_after_the_separator_and_its_exit_code_is_kept() {
     let db = FreshDatabase::new(Kind::Sqlite);
@@ -340,4 +374,113 @@ fn the_lock_timeout_on_mariadb_names_the_holding_connection() {
 #[test]
 fn the_lock_timeout_on_sqlite_names_the_holding_process() {
     the_lock_timeout_names_the_holder(Kind::Sqlite, "held by process ");
+}
+
+/// The reproduction: a wrapper whose grandchild would write a marker after
+/// the holder is SIGKILLed. The marker is never written, and the next replica
+/// gets the lock only once the grandchild has ended.
+fn a_killed_holder_leaves_nothing_running_without_the_lock(kind: Kind) {
+    let db = FreshDatabase::new(kind);
+    let dir = TestDir::new();
+    let (pid_file, marker) = (
+        dir.path().join("grandchild.pid"),
+        dir.path().join("mig.log"),
+    );
+    let script = format!(
+        "sh -c 'echo $$ > {pid}; sleep 3; echo RAN-WITHOUT-LOCK >> {marker}'; true",
+        pid = pid_file.display(),
+        marker = marker.display()
+    );
+    let holder = Background::spawn(lockedmigrate(&db.url).args(["--", "sh", "-c", &script]));
+    assert!(
+        eventually(Duration::from_secs(20), || pid_file.exists()),
+        "the grandchild started"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    holder.signal(Signal::KILL);
+    let grandchild = std::fs::read_to_string(&pid_file).unwrap();
+    // The second replica records the grandchild's state the moment it holds
+    // the lock.
+    let check = format!(
+        "s=$(cut -d' ' -f3 /proc/{}/stat 2>/dev/null); echo \"grandchild: ${{s:-gone}}\"",
+        grandchild.trim()
+    );
+    let second =
+        run(lockedmigrate(&db.url).args(["--lock-timeout", "10", "--", "sh", "-c", &check]));
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(
+        second.stdout == "grandchild: gone\n" || second.stdout == "grandchild: Z\n",
+        "the second replica got the lock while the grandchild ran: {}",
+        second.stdout
+    );
+    // Past the moment the grandchild would have written.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!marker.exists(), "the grandchild ran on without the lock");
+    assert!(has_ended(&grandchild), "the grandchild is still running");
+    let _ = holder.finish(Duration::from_secs(10));
+}
+
+#[test]
+fn a_killed_holder_leaves_nothing_running_without_the_lock_on_postgres() {
+    a_killed_holder_leaves_nothing_running_without_the_lock(Kind::Postgres);
+}
+
+#[test]
+fn a_killed_holder_leaves_nothing_running_without_the_lock_on_mariadb() {
+    a_killed_holder_leaves_nothing_running_without_the_lock(Kind::MariaDb);
+}
+
+#[test]
+fn a_killed_holder_leaves_nothing_running_without_the_lock_on_sqlite() {
+    a_killed_holder_leaves_nothing_running_without_the_lock(Kind::Sqlite);
+}
+
+/// The lock outlives the holder for as long as its warden holds it: with the
+/// warden stopped (it cannot act), the dead holder's lock is still held.
+#[test]
+fn the_warden_holds_the_lock_after_the_holder_dies() {
+    let db = FreshDatabase::new(Kind::Postgres);
+    let holder = Background::spawn(lockedmigrate(&db.url).args(["--", "sleep", "30"]));
+    let warden = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                // A child of this holder, running `warden`.
+                stat.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1))
+                    == Some(&holder.pid().as_raw_nonzero().to_string())
+                    && cmdline.ends_with(b"warden\0")
+            })
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || warden().is_some()),
+        "no warden"
+    );
+    let warden = rustix::process::Pid::from_raw(warden().unwrap() as i32).unwrap();
+    let mut session = PgSession::connect(&db.url);
+    assert!(eventually(Duration::from_secs(10), || !session
+        .advisory_locks(1000)
+        .is_empty()));
+    // Frozen, the warden keeps what it holds and does nothing else; it also
+    // ignores the hang-up an orphaned, stopped process group is sent.
+    rustix::process::kill_process(warden, Signal::STOP).unwrap();
+    holder.signal(Signal::KILL);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        session.advisory_locks(1000).len(),
+        1,
+        "the lock went with the holder"
+    );
+    rustix::process::kill_process(warden, Signal::CONT).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || session
+            .advisory_locks(1000)
+            .is_empty()),
+        "the warden released the lock once the command was gone"
+    );
+    let _ = holder.finish(Duration::from_secs(10));
 }
