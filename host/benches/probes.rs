@@ -59,7 +59,7 @@ const PROCESS_SAMPLES: usize = 40;
 /// Stuck HTTP/2 connections: more than the default `max_connections` and
 /// probe reserve admit.
 const H2_CONNECTIONS: usize = 1_100;
-/// Streams each of them opens (the server allows 16 at a time).
+/// Streams each of them opens (the server allows one at a time).
 const H2_STREAMS: u32 = 100;
 
 fn main() {

@@ -13,6 +13,7 @@ pub mod db;
 pub mod jobs;
 pub mod logging;
 pub mod memcached;
+pub mod memory;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::header::{ACCEPT, ALLOW, CONTENT_TYPE};
@@ -40,10 +40,13 @@ use crate::readiness::{ProbeResult, Readiness, Verdict};
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How often an idle HTTP/2 client is pinged, and how long it has to answer.
 const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(20);
-/// Streams one HTTP/2 connection may have open at once. Each costs memory
-/// while its client holds it open; probes need one, and a proxy client that
-/// wants more opens another connection.
-const HTTP2_MAX_STREAMS: u32 = 16;
+/// Streams one HTTP/2 connection may have open at once: the parallelism of
+/// HTTP/1.1. A stream whose client grants no window holds its answer and the
+/// stream's state (about 8 KiB for `/metrics`); at one per connection, every
+/// connection the default limits admit holding one keeps the server under
+/// 64 MiB (`PROBEHOST_BENCH=h2`). Probes need one; a proxy client that wants
+/// more opens another connection.
+const HTTP2_MAX_STREAMS: u32 = 1;
 /// What HTTP/2 buffers per stream for a client that does not take it.
 const HTTP2_MAX_SEND_BUFFER: usize = 64 * 1024;
 /// Connections kept for probes beyond `server.max_connections`: when every
@@ -60,6 +63,12 @@ const RESERVE_SEND: Duration = Duration::from_millis(250);
 /// How long a connection retired with nothing left to answer has to close: a
 /// live HTTP/2 client acknowledges the GOAWAY's ping within a round trip.
 const RETIRE_GRACE: Duration = Duration::from_millis(250);
+/// How often the server checks whether to give memory back to the system.
+const TRIM_CHECK: Duration = Duration::from_secs(1);
+/// Closed connections (from their high) that count as a flood ended.
+const TRIM_AFTER_CLOSED: usize = 64;
+/// Connections accepted that count as a flood going on.
+const TRIM_AFTER_ACCEPTED: usize = 1024;
 /// How long a liveness check waits for the upstream port to accept.
 const UPSTREAM_LIVENESS_TIMEOUT: Duration = Duration::from_millis(300);
 /// How many connections the kernel may hold for us before we accept them
@@ -571,13 +580,61 @@ impl ServeOptions {
 struct Slots {
     general: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
+    /// `server.max_connections`: the general slots there are.
+    limit: usize,
+    /// The most connections open at once since memory was last given back.
+    high: AtomicUsize,
+    /// Connections accepted since memory was last given back.
+    accepted: AtomicUsize,
 }
 
 impl Slots {
+    fn new(limit: usize) -> Slots {
+        Slots {
+            general: Arc::new(Semaphore::new(limit)),
+            reserve: Arc::new(Semaphore::new(PROBE_RESERVE)),
+            limit,
+            high: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connections open now.
+    fn open(&self) -> usize {
+        (self.limit - self.general.available_permits())
+            + (PROBE_RESERVE - self.reserve.available_permits())
+    }
+
+    /// Give memory back to the system once a flood of connections is over
+    /// (open connections fell by [`TRIM_AFTER_CLOSED`] from their high), or
+    /// after every [`TRIM_AFTER_ACCEPTED`] connections while one goes on.
+    async fn give_back_memory(self: Arc<Self>) {
+        let mut check = tokio::time::interval(TRIM_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            check.tick().await;
+            let open = self.open();
+            let high = self.high.load(Ordering::Relaxed);
+            let accepted = self.accepted.load(Ordering::Relaxed);
+            if high.saturating_sub(open) >= TRIM_AFTER_CLOSED || accepted >= TRIM_AFTER_ACCEPTED {
+                self.high.store(open, Ordering::Relaxed);
+                self.accepted.store(0, Ordering::Relaxed);
+                let _ = tokio::task::spawn_blocking(crate::memory::trim).await;
+            }
+        }
+    }
+
     /// A slot for a connection just accepted: a general one if any is free,
     /// else one of the probe reserve, else (every slot taken) the first to
     /// come free.
     async fn take(&self) -> (OwnedSemaphorePermit, Capacity) {
+        let taken = self.take_one().await;
+        self.high.fetch_max(self.open(), Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        taken
+    }
+
+    async fn take_one(&self) -> (OwnedSemaphorePermit, Capacity) {
         if let Ok(slot) = self.general.clone().try_acquire_owned() {
             return (slot, Capacity::General);
         }
@@ -617,10 +674,8 @@ pub async fn serve(
         Some(socket) => (Some(socket.listener), Some(socket.file)),
         None => (None, None),
     };
-    let slots = Arc::new(Slots {
-        general: Arc::new(Semaphore::new(options.max_connections)),
-        reserve: Arc::new(Semaphore::new(PROBE_RESERVE)),
-    });
+    let slots = Arc::new(Slots::new(options.max_connections));
+    let giving_back = tokio::spawn(slots.clone().give_back_memory());
     let (close, closed) = watch::channel(false);
     let mut workers = Vec::new();
     for index in 0..options.threads.max(1) {
@@ -654,6 +709,7 @@ pub async fn serve(
         }
     }
     let _ = close.send(true);
+    giving_back.abort();
     let mut result = Ok(());
     for finished in workers {
         match finished.await {
@@ -815,7 +871,11 @@ impl Connection {
             if !http1 {
                 requests.speaks_http2();
             }
-            async move {
+            // Boxed: hyper keeps an HTTP/2 stream's task, sized for its
+            // largest state, until the answer is sent; boxed, a stream whose
+            // client grants no window holds a pointer and the answer, not
+            // the space of a proxied request.
+            Box::pin(async move {
                 let mut response = handle(&worker, request, peer.as_ref(), &slot, capacity).await;
                 if last && http1 {
                     // Read no further pipelined request: close after this one.
@@ -824,7 +884,7 @@ impl Connection {
                         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 Ok::<_, Infallible>(response.map(|body| GuardedBody::new(body, open)))
-            }
+            })
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
