@@ -63,6 +63,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
+    emit_versions(&root);
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let target_dir = cargo_target_dir(&out_dir).join("wasm-components");
@@ -117,6 +118,31 @@ fn main() {
         );
         println!("cargo:rustc-env={var}={}", path.display());
     }
+}
+
+/// `probehost --version` names the WIT package the probes are built against and
+/// the wasmtime that runs them, read from the sources that decide them.
+fn emit_versions(root: &Path) {
+    let wit = std::fs::read_to_string(root.join("wit/probe.wit")).expect("reading wit/probe.wit");
+    let package = wit
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("package "))
+        .and_then(|rest| rest.strip_suffix(';'))
+        .expect("wit/probe.wit declares `package ...;`");
+    println!("cargo:rustc-env=PROBEHOST_WIT_PACKAGE={package}");
+
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).expect("reading Cargo.lock");
+    let wasmtime = lock
+        .split("[[package]]")
+        .find_map(|entry| {
+            let mut lines = entry.lines().map(str::trim);
+            lines.find(|l| *l == "name = \"wasmtime\"")?;
+            lines
+                .find_map(|l| l.strip_prefix("version = "))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .expect("Cargo.lock holds wasmtime");
+    println!("cargo:rustc-env=PROBEHOST_WASMTIME_VERSION={wasmtime}");
 }
 
 /// The workspace target directory: the nearest ancestor of `OUT_DIR` that cargo

@@ -89,3 +89,37 @@ fn every_pinned_help_file_belongs_to_a_command() {
         );
     }
 }
+
+#[test]
+fn version_names_the_wit_package_and_wasmtime() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let wit = std::fs::read_to_string(format!("{root}/wit/probe.wit")).unwrap();
+    let package = wit
+        .lines()
+        .find_map(|l| l.strip_prefix("package "))
+        .and_then(|p| p.strip_suffix(';'))
+        .expect("wit/probe.wit declares its package");
+    // The wasmtime that Cargo.lock resolved: the entry after `name = "wasmtime"`.
+    let lock = std::fs::read_to_string(format!("{root}/Cargo.lock")).unwrap();
+    let at = lock
+        .find("name = \"wasmtime\"\nversion = \"")
+        .expect("Cargo.lock resolves wasmtime");
+    let wasmtime = lock[at..].lines().nth(1).unwrap();
+    let wasmtime = wasmtime.trim_start_matches("version = ").trim_matches('"');
+
+    let output = run(probehost().arg("--version"));
+    assert_eq!(output.code, 0, "{output:?}");
+    assert_eq!(
+        output.stdout,
+        format!(
+            "probehost {}\nwit: {package}\nwasmtime: {wasmtime}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    // `-V` stays the one-line form scripts parse.
+    let short = run(probehost().arg("-V"));
+    assert_eq!(
+        short.stdout,
+        format!("probehost {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}

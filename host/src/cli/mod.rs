@@ -53,7 +53,12 @@ pub mod exit {
 /// Kubernetes probes and deployment jobs for Django and other apps, with
 /// readiness probes that run as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "probehost", version, max_term_width = 100)]
+#[command(
+    name = "probehost",
+    version,
+    long_version = LONG_VERSION,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -61,6 +66,16 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// `--version`: probehost's own version, the WIT package its probes are built
+/// against, and the wasmtime that runs them.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nwit: ",
+    env!("PROBEHOST_WIT_PACKAGE"),
+    "\nwasmtime: ",
+    env!("PROBEHOST_WASMTIME_VERSION"),
+);
 
 /// The flags every command takes.
 #[derive(Debug, Args)]
