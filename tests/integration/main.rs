@@ -10,6 +10,7 @@ mod harness;
 mod cli_help;
 mod component_cache;
 mod config_errors;
+mod deploy;
 mod fail_closed;
 mod held_up;
 mod jobs;
