@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a Python probe into a component with the Python SDK (guest-sdk/python)
-# and componentize-py (installed into .venv by scripts/setup.sh).
+# and componentize-py (installed into .venv by scripts/setup.sh), the same way
+# `python -m probehost_sdk build` does for an installed SDK.
 #
 #   scripts/build-python-probe.sh MODULE_DIR MODULE OUTPUT.wasm
 #   e.g. scripts/build-python-probe.sh guest-sdk/python/examples redis_probe redis_probe.wasm
@@ -10,15 +11,11 @@ if [ $# -ne 3 ]; then
     echo "usage: $0 MODULE_DIR MODULE OUTPUT.wasm" >&2
     exit 2
 fi
-module_dir="$(cd "$1" && pwd)"
-module="$2"
-output="$(cd "$(dirname "$3")" && pwd)/$(basename "$3")"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-componentize="$root/.venv/bin/componentize-py"
-if [ ! -x "$componentize" ]; then
-    echo "componentize-py is not installed at $componentize; run scripts/setup.sh" >&2
+python="$root/.venv/bin/python"
+if [ ! -x "$python" ]; then
+    echo "the project's .venv is missing; run scripts/setup.sh" >&2
     exit 1
 fi
-cd "$root"
-exec "$componentize" -d wit -w probehost:probe/probe@0.1.0 componentize \
-    -p guest-sdk/python -p "$module_dir" "$module" -o "$output"
+PATH="$root/.venv/bin:$PATH" PYTHONPATH="$root/guest-sdk/python" \
+    exec "$python" -m probehost_sdk build "$2" -p "$1" -o "$3"

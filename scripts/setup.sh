@@ -2,7 +2,11 @@
 # Prepares a machine to build and test probehost. Idempotent: it installs and
 # starts only what is missing, then checks every service the tests use.
 #
-#   - the wasm32-wasip2 Rust target (the probe components are built for it)
+#   - Rust targets: wasm32-wasip2 (the probe components) and the musl targets
+#     of the static release binaries (x86_64, and aarch64 cross-linked by zig)
+#   - the release and image tools: musl-tools, buildah, podman and runc from
+#     Debian; kubectl (kustomize) for the manifests; maturin, ziglang and
+#     kubernetes-validate from PyPI into .venv
 #   - memcached (installed with apt-get when missing) running on 127.0.0.1:11211
 #   - PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306, started with
 #     the usual Debian commands if they are installed but stopped
@@ -32,18 +36,35 @@ wait_for() { # name port
     return 1
 }
 
-# --- Rust target for the components -----------------------------------------
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    say "adding the wasm32-wasip2 Rust target"
-    rustup target add wasm32-wasip2
-fi
+# --- Rust targets: the components, and the static release binaries ----------
+for target in wasm32-wasip2 x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        say "adding the $target Rust target"
+        rustup target add "$target"
+    fi
+done
+
+apt_install() { # command package
+    command -v "$1" >/dev/null 2>&1 && return 0
+    say "installing $2"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >/dev/null \
+        || { as_root apt-get update >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$2" >/dev/null; }
+}
+
+# musl-gcc compiles the C dependencies (SQLite) of the x86_64 static binary;
+# buildah builds the image without a daemon, podman with runc runs it
+# (scripts/image.sh).
+apt_install musl-gcc musl-tools
+apt_install buildah buildah
+apt_install podman podman
+apt_install runc runc
+# kubectl renders the kustomize manifests (scripts/check-manifests.sh and the
+# deploy tests); Debian's own kubernetes-client is too old for their kustomize.
+apt_install kubectl kubectl \
+    || die "kubectl is missing and apt has no candidate: add Kubernetes' apt repository (pkgs.k8s.io) and install kubectl"
 
 # --- memcached ----------------------------------------------------------------
-if ! command -v memcached >/dev/null 2>&1; then
-    say "installing memcached"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y memcached >/dev/null \
-        || { as_root apt-get update >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y memcached >/dev/null; }
-fi
+apt_install memcached memcached
 if ! listening 11211; then
     say "starting memcached on 127.0.0.1:11211"
     if [ "$(id -u)" -eq 0 ]; then
@@ -64,11 +85,7 @@ if ! listening 3306 && [ -x /usr/sbin/mariadbd ]; then
 fi
 
 # --- Redis (the Redis probe's tests; private instances use redis-server too) --
-if ! command -v redis-server >/dev/null 2>&1; then
-    say "installing redis-server"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server >/dev/null \
-        || { as_root apt-get update >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server >/dev/null; }
-fi
+apt_install redis-server redis-server
 if ! listening 6379; then
     say "starting Redis on 127.0.0.1:6379"
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
@@ -105,6 +122,10 @@ if ! .venv/bin/componentize-py --version >/dev/null 2>&1; then
     say "installing componentize-py into .venv"
     .venv/bin/pip install --quiet --disable-pip-version-check -r guest-sdk/python/requirements-build.txt
 fi
+
+# The release tools: maturin and zig (scripts/dist.sh). Pinned, so pip answers
+# from what is installed when they are there.
+.venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-dist.txt
 
 say "ready: wasm32-wasip2, memcached, PostgreSQL, MariaDB, Redis, Django $(.venv/bin/python -c 'import django; print(django.get_version())')"
 

@@ -13,11 +13,11 @@ thing you check is not ready. Then export the class::
 
     WitWorld = export(CacheWarm)
 
-``componentize-py`` turns the module into a probe component for probehost's WIT
-world (``probehost:probe/probe@0.1.0``)::
+Build it into a probe component for probehost's WIT world
+(``probehost:probe/probe@0.1.0``) with the SDK's builder, which drives
+``componentize-py`` (``pip install 'probehost[sdk]'`` installs both)::
 
-    componentize-py -d wit -w probehost:probe/probe@0.1.0 componentize \\
-        -p guest-sdk/python -p . my_probe -o my_probe.wasm
+    python -m probehost_sdk build my_probe.py -o my_probe.wasm
 
 The probe runs sandboxed: it reaches only what its ``[probes.NAME]`` table
 grants. The helpers below wrap those capabilities:
@@ -48,14 +48,21 @@ import encodings.idna  # noqa: F401
 
 # componentize-py runs the module once at build time and snapshots it; at run
 # time the component has no files, so every module must be imported here, not
-# lazily inside a function.
-import wit_world
-from componentize_py_types import Err
-from wit_world.imports import config as _host_config
-from wit_world.imports import log as _host_log
-from wit_world.imports import memcached as _host_memcached
-from wit_world.imports import sql as _host_sql
-from wit_world.imports import types as _host_types
+# lazily inside a function. Outside a componentize-py build (`python -m
+# probehost_sdk build`, an IDE, a test runner) the bindings do not exist: the
+# package still imports, and only export() refuses.
+try:
+    import wit_world
+    from componentize_py_types import Err
+    from wit_world.imports import config as _host_config
+    from wit_world.imports import log as _host_log
+    from wit_world.imports import memcached as _host_memcached
+    from wit_world.imports import sql as _host_sql
+    from wit_world.imports import types as _host_types
+
+    _IN_COMPONENT = True
+except ImportError:
+    _IN_COMPONENT = False
 
 __all__ = [
     "NotReady",
@@ -270,6 +277,11 @@ def _install_logging() -> None:
 def export(probe_class: type) -> type:
     """The class componentize-py exports for the probe world: assign it to
     ``WitWorld`` in the probe's module."""
+    if not _IN_COMPONENT:
+        raise RuntimeError(
+            "probehost_sdk.export() runs inside a componentize-py build: "
+            "build the probe with `python -m probehost_sdk build MODULE.py -o OUT.wasm`"
+        )
     types = _host_types
 
     if not (isinstance(probe_class, type) and issubclass(probe_class, ReadinessProbe)):
