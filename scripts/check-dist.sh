@@ -5,7 +5,8 @@
 #      `config check` and `serve` inside an empty chroot (nothing but the
 #      binary, its config and /tmp: no /etc, no /lib, no shell), as in a
 #      `FROM scratch` image; there `serve` answers /livez, and /readyz against
-#      PostgreSQL on loopback;
+#      PostgreSQL on loopback; the aarch64 binary, if dist/ holds one, does
+#      the same under qemu-user;
 #   2. the wheel installs into a fresh venv, where `probehost probe --live`
 #      works, `probehost lockedmigrate` migrates the Django fixture with that
 #      venv's python, and the SDK builds the Redis example probe;
@@ -99,19 +100,43 @@ say "chroot: probe --live exits 0"
 in_jail config check >"$work/check.out" 2>&1 || { cat "$work/check.out"; die "config check failed in the empty chroot"; }
 say "chroot: config check passes"
 
-python3 -c 'import socket; socket.create_connection(("127.0.0.1", 18580), 1)' 2>/dev/null \
-    && die "127.0.0.1:18580 is already taken: another server would answer for the chroot's"
-# A simple command, so $! is probehost itself (env and chroot exec it).
-env -i "$chroot" "$jail" /probehost --config /probehost.toml serve >"$work/serve.log" 2>&1 &
-server=$!
-livez=$(get 18580 /livez)
-readyz=$(get 18580 /readyz)
-kill -TERM "$server"
-wait "$server" || { cat "$work/serve.log"; die "serve in the chroot did not exit cleanly on SIGTERM"; }
-server=
-[ "${livez%% *}" = 200 ] || { cat "$work/serve.log"; die "chroot: /livez answered $livez"; }
-[ "${readyz%% *}" = 200 ] || { cat "$work/serve.log"; die "chroot: /readyz answered $readyz"; }
-say "chroot: serve answers /livez $livez, /readyz $readyz (PostgreSQL)"
+# serves LABEL PORT COMMAND...: runs COMMAND (a probehost serve listening on
+# 127.0.0.1:PORT) and checks /livez and /readyz answer 200 and SIGTERM ends it
+# with 0. COMMAND is run as a simple command, so $! is probehost itself (env,
+# chroot and qemu exec or become it).
+serves() {
+    local label=$1 port=$2 livez readyz
+    shift 2
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null \
+        && die "127.0.0.1:$port is already taken: another server would answer for $label"
+    "$@" >"$work/serve.log" 2>&1 &
+    server=$!
+    livez=$(get "$port" /livez)
+    readyz=$(get "$port" /readyz)
+    kill -TERM "$server"
+    wait "$server" || { cat "$work/serve.log"; die "$label: serve did not exit cleanly on SIGTERM"; }
+    server=
+    [ "${livez%% *}" = 200 ] || { cat "$work/serve.log"; die "$label: /livez answered $livez"; }
+    [ "${readyz%% *}" = 200 ] || { cat "$work/serve.log"; die "$label: /readyz answered $readyz"; }
+    say "$label: serve answers /livez $livez, /readyz $readyz (PostgreSQL)"
+}
+serves chroot 18580 env -i "$chroot" "$jail" /probehost --config /probehost.toml serve
+
+# The aarch64 binary, when scripts/dist.sh built it, under user-mode emulation.
+arm=dist/probehost-aarch64-unknown-linux-musl
+if [ -e "$arm" ]; then
+    qemu=$(command -v qemu-aarch64-static) \
+        || die "$arm is there but qemu-aarch64-static is not (apt-get install qemu-user-static)"
+    case "$(file -b "$arm")" in
+        *"ARM aarch64"*"statically linked"*) ;;
+        *) die "$arm is not a static aarch64 binary: $(file -b "$arm")" ;;
+    esac
+    "$qemu" "$arm" probe --live >/dev/null || die "aarch64: probe --live failed"
+    sed 's/18580/18581/; s|/tmp/cache|'"$work"'/arm-cache|' "$jail/probehost.toml" >"$work/arm.toml"
+    serves "aarch64 (qemu)" 18581 "$qemu" "$arm" --config "$work/arm.toml" serve
+else
+    say "aarch64: not built here (scripts/dist.sh aarch64-unknown-linux-musl builds it)"
+fi
 
 # --- 2. the wheel in a fresh venv ---------------------------------------------
 venv=$work/venv

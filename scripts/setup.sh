@@ -4,9 +4,9 @@
 #
 #   - Rust targets: wasm32-wasip2 (the probe components) and the musl targets
 #     of the static release binaries (x86_64, and aarch64 cross-linked by zig)
-#   - the release and image tools: musl-tools, buildah, podman and runc from
-#     Debian; kubectl (kustomize) for the manifests; maturin, ziglang and
-#     kubernetes-validate from PyPI into .venv
+#   - the release and image tools: musl-tools, buildah, podman, runc and
+#     qemu-user-static from Debian; kubectl (kustomize) for the manifests;
+#     maturin, ziglang and kubernetes-validate from PyPI into .venv
 #   - memcached (installed with apt-get when missing) running on 127.0.0.1:11211
 #   - PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306, started with
 #     the usual Debian commands if they are installed but stopped
@@ -58,6 +58,8 @@ apt_install musl-gcc musl-tools
 apt_install buildah buildah
 apt_install podman podman
 apt_install runc runc
+# qemu-user runs the aarch64 static binary here (scripts/check-dist.sh).
+apt_install qemu-aarch64-static qemu-user-static
 # kubectl renders the kustomize manifests (scripts/check-manifests.sh and the
 # deploy tests); Debian's own kubernetes-client is too old for their kustomize.
 apt_install kubectl kubectl \
