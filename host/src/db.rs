@@ -5,18 +5,21 @@
 //! [`Value`]s. It knows nothing of probes, grants or wasm.
 
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Column, ConnectOptions as _, Connection as _, Row, ValueRef};
+use tokio::time::Instant;
 
-/// How long an unused pooled connection is kept before it is closed.
+/// How long an unused pooled connection is kept: one older than this is closed
+/// instead of used.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pooled connections per database. Readiness checks are short and rare; a small
-/// pool keeps a probe storm from becoming a connection storm.
-const MAX_CONNECTIONS: u32 = 2;
+/// Idle connections kept per database. Readiness checks are short and rare; a
+/// small pool keeps a probe storm from becoming a connection storm.
+const MAX_IDLE: usize = 2;
 
 /// The kind of server behind a database alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,17 +94,19 @@ impl ConnectOptions {
 
     /// Open one connection of its own (not pooled), within `timeout`.
     pub async fn connect(&self, timeout: Duration) -> Result<Connection, DbError> {
-        let connect = async {
-            Ok(match self {
-                ConnectOptions::Postgres(o) => Connection::Postgres(o.connect().await?),
-                ConnectOptions::Mysql(o) => Connection::Mysql(o.connect().await?),
-                ConnectOptions::Sqlite(o) => Connection::Sqlite(o.connect().await?),
-            })
-        };
-        match tokio::time::timeout(timeout, connect).await {
-            Ok(result) => result.map_err(DbError::from_sqlx),
+        match tokio::time::timeout(timeout, self.open()).await {
+            Ok(result) => result.map_err(DbError::connecting),
             Err(_) => Err(DbError::Timeout(timeout)),
         }
+    }
+
+    /// Connect once: no retry, no deadline of its own.
+    async fn open(&self) -> Result<Connection, sqlx::Error> {
+        Ok(match self {
+            ConnectOptions::Postgres(o) => Connection::Postgres(o.connect().await?),
+            ConnectOptions::Mysql(o) => Connection::Mysql(o.connect().await?),
+            ConnectOptions::Sqlite(o) => Connection::Sqlite(o.connect().await?),
+        })
     }
 
     /// The SQLite database file, if this is a file-backed SQLite database.
@@ -165,6 +170,15 @@ impl Connection {
         }
     }
 
+    /// Run `statement` with `params` and return its rows (no deadline of its own).
+    async fn fetch(&mut self, statement: &str, params: &[Value]) -> Result<Rows, DbError> {
+        match self {
+            Connection::Postgres(c) => fetch_rows!(&mut *c, statement, params),
+            Connection::Mysql(c) => fetch_rows!(&mut *c, statement, params),
+            Connection::Sqlite(c) => fetch_rows!(&mut *c, statement, params),
+        }
+    }
+
     /// Close the connection politely (errors are irrelevant at that point).
     pub async fn close(self) {
         let _ = match self {
@@ -205,6 +219,32 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// An error while connecting, whatever its kind: a refusal, a reset, a name
+    /// that does not resolve, or the server's own answer (authentication, an
+    /// unknown database, TLS required). A refusal is named as such, not as the
+    /// I/O error sqlx wraps it in.
+    pub(crate) fn connecting(e: sqlx::Error) -> DbError {
+        use std::io::ErrorKind;
+        let reason = match &e {
+            sqlx::Error::Io(io) => match io.kind() {
+                ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                ErrorKind::ConnectionReset => "connection reset".to_owned(),
+                ErrorKind::ConnectionAborted => "connection aborted".to_owned(),
+                ErrorKind::UnexpectedEof => "connection closed by the server".to_owned(),
+                _ => io.to_string(),
+            },
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        };
+        DbError::Connection(reason)
+    }
+
+    /// Whether the connection that returned this error is still usable: the
+    /// server answered the query with an error of its own.
+    fn leaves_connection_usable(&self) -> bool {
+        matches!(self, DbError::Query(_))
+    }
+
     pub(crate) fn from_sqlx(e: sqlx::Error) -> DbError {
         match e {
             sqlx::Error::Database(db) => DbError::Query(db.to_string()),
@@ -218,52 +258,43 @@ impl DbError {
     }
 }
 
-/// A configured database with its pool.
+/// A configured database with its pool of idle connections.
+///
+/// The pool is probehost's own rather than sqlx's: sqlx's pool retries a
+/// refused connect until its acquire timeout, so a database that is down would
+/// look like one that hangs (`timed out` after the whole deadline, where the
+/// truth is `connection refused` at once), and it pings every connection before
+/// lending it, a round trip per check. Here a check takes the newest idle
+/// connection; if that one fails without an answer from the server (it was
+/// closed while idle), the check carries on with the next, then with a fresh
+/// connection whose failure is reported as it is.
 #[derive(Debug)]
 pub struct Database {
     name: String,
-    backend: Backend,
-    pool: Pool,
+    options: ConnectOptions,
+    idle: Mutex<Vec<Idle>>,
     connect_timeout: Duration,
     query_timeout: Duration,
 }
 
 #[derive(Debug)]
-enum Pool {
-    Postgres(PgPool),
-    Mysql(MySqlPool),
-    Sqlite(SqlitePool),
+struct Idle {
+    connection: Connection,
+    since: Instant,
 }
 
 impl Database {
-    /// Create the database's pool without connecting. Must be called inside the
-    /// tokio runtime that will run its queries.
+    /// A database whose connections are opened when a query first needs one.
     pub fn new(
         name: &str,
         options: &ConnectOptions,
         connect_timeout: Duration,
         query_timeout: Duration,
     ) -> Database {
-        macro_rules! lazy_pool {
-            ($opts:ty, $o:expr) => {
-                <$opts>::new()
-                    .min_connections(0)
-                    .max_connections(MAX_CONNECTIONS)
-                    .acquire_timeout(connect_timeout)
-                    .idle_timeout(IDLE_TIMEOUT)
-                    .test_before_acquire(true)
-                    .connect_lazy_with($o.clone())
-            };
-        }
-        let pool = match options {
-            ConnectOptions::Postgres(o) => Pool::Postgres(lazy_pool!(PgPoolOptions, o)),
-            ConnectOptions::Mysql(o) => Pool::Mysql(lazy_pool!(MySqlPoolOptions, o)),
-            ConnectOptions::Sqlite(o) => Pool::Sqlite(lazy_pool!(SqlitePoolOptions, o)),
-        };
         Database {
             name: name.to_owned(),
-            backend: options.backend(),
-            pool,
+            options: options.clone(),
+            idle: Mutex::new(Vec::with_capacity(MAX_IDLE)),
             connect_timeout,
             query_timeout,
         }
@@ -274,12 +305,14 @@ impl Database {
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.options.backend()
     }
 
     /// Run `statement` with `params` and return its rows. The whole call — getting
     /// a connection and running the query — ends within `budget`, and never takes
-    /// longer than the database's own connect plus query timeouts.
+    /// longer than the database's own connect plus query timeouts. A connection
+    /// that cannot be made fails at once with the reason (`connection refused`),
+    /// not at the deadline.
     pub async fn query(
         &self,
         statement: &str,
@@ -287,51 +320,89 @@ impl Database {
         budget: Duration,
     ) -> Result<Rows, DbError> {
         let limit = budget.min(self.connect_timeout + self.query_timeout);
-        let deadline = tokio::time::Instant::now() + limit;
-        match &self.pool {
-            Pool::Postgres(p) => bounded_query!(p, statement, params, deadline, limit),
-            Pool::Mysql(p) => bounded_query!(p, statement, params, deadline, limit),
-            Pool::Sqlite(p) => bounded_query!(p, statement, params, deadline, limit),
-        }
-    }
-
-    /// Close every pooled connection.
-    pub async fn close(&self) {
-        match &self.pool {
-            Pool::Postgres(p) => p.close().await,
-            Pool::Mysql(p) => p.close().await,
-            Pool::Sqlite(p) => p.close().await,
-        }
-    }
-}
-
-/// Take a pooled connection and run the query on it, both by `deadline`. A
-/// connection whose query timed out is in an unknown state: it is detached and
-/// dropped (closing its socket) rather than returned to the pool, where sqlx
-/// would check it with a ping that has no timeout and could hold a pool slot
-/// for as long as the server stays silent.
-macro_rules! bounded_query {
-    ($pool:expr, $statement:expr, $params:expr, $deadline:expr, $limit:expr) => {{
-        match tokio::time::timeout_at($deadline, $pool.acquire()).await {
-            Err(_) => Err(DbError::Timeout($limit)),
-            Ok(Err(e)) => Err(DbError::from_sqlx(e)),
-            Ok(Ok(mut conn)) => {
-                match tokio::time::timeout_at($deadline, async {
-                    fetch_rows!(&mut *conn, $statement, $params)
-                })
+        let deadline = Instant::now() + limit;
+        while let Some(connection) = self.take_idle() {
+            match self
+                .run(connection, statement, params, deadline, limit)
                 .await
-                {
-                    Ok(rows) => rows,
-                    Err(_) => {
-                        drop(conn.detach());
-                        Err(DbError::Timeout($limit))
-                    }
-                }
+            {
+                // Closed while idle (a restarted server, a proxy's idle cut):
+                // nothing was answered, so the next connection may try.
+                Err(DbError::Connection(_)) => continue,
+                result => return result,
             }
         }
-    }};
+        // Connecting ends at the connect timeout or the deadline, whichever
+        // comes first, and says which it was.
+        let (connect_deadline, connect_limit) =
+            match Instant::now().checked_add(self.connect_timeout) {
+                Some(at) if at < deadline => (at, self.connect_timeout),
+                _ => (deadline, limit),
+            };
+        let connection = match tokio::time::timeout_at(connect_deadline, self.options.open()).await
+        {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => return Err(DbError::connecting(e)),
+            Err(_) => return Err(DbError::Timeout(connect_limit)),
+        };
+        self.run(connection, statement, params, deadline, limit)
+            .await
+    }
+
+    /// Run the query on `connection` by `deadline`, and keep the connection if
+    /// it is known to be in a good state afterwards. One whose query timed out
+    /// is in an unknown state and is dropped, closing its socket.
+    async fn run(
+        &self,
+        mut connection: Connection,
+        statement: &str,
+        params: &[Value],
+        deadline: Instant,
+        limit: Duration,
+    ) -> Result<Rows, DbError> {
+        match tokio::time::timeout_at(deadline, connection.fetch(statement, params)).await {
+            Err(_) => Err(DbError::Timeout(limit)),
+            Ok(result) => {
+                if result
+                    .as_ref()
+                    .map_or_else(DbError::leaves_connection_usable, |_| true)
+                {
+                    self.put_idle(connection);
+                }
+                result
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is not too old.
+    fn take_idle(&self) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < IDLE_TIMEOUT {
+                return Some(entry.connection);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, connection: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                connection,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Close every idle connection.
+    pub async fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for entry in idle {
+            entry.connection.close().await;
+        }
+    }
 }
-use bounded_query;
 
 /// Bind parameters, fetch every row and decode each column into a [`Value`].
 macro_rules! fetch_rows {
@@ -478,6 +549,86 @@ mod tests {
                 Value::Text("param".into()),
             ]]
         );
+    }
+
+    /// A loopback port with nothing listening on it.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn database(url: &str) -> Database {
+        let options = ConnectOptions::parse(url).unwrap();
+        Database::new(
+            "db",
+            &options,
+            Duration::from_secs(3),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_at_once_as_refused() {
+        let port = closed_port();
+        for url in [
+            format!("postgres://postgres@127.0.0.1:{port}/test"),
+            format!("mysql://root@127.0.0.1:{port}/test"),
+        ] {
+            // A budget far beyond what the answer takes: a retrying pool would
+            // spend all of it and report a timeout.
+            let err = database(&url)
+                .query("SELECT 1", &[], Duration::from_secs(30))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err,
+                DbError::Connection("connection refused".into()),
+                "{url}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_and_never_answers_times_out_at_the_budget() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        for url in [
+            format!("postgres://postgres@127.0.0.1:{port}/test"),
+            format!("mysql://root@127.0.0.1:{port}/test"),
+        ] {
+            let err = database(&url)
+                .query("SELECT 1", &[], Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert_eq!(err, DbError::Timeout(Duration::from_millis(300)), "{url}");
+        }
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_and_a_query_error_keeps_it() {
+        // An in-memory SQLite database lives as long as its connection: the
+        // table is only there again if the same connection is lent again.
+        let db = in_memory();
+        db.query("CREATE TABLE t (x INTEGER)", &[], Duration::from_secs(1))
+            .await
+            .unwrap();
+        let err = db
+            .query("SELECT * FROM missing_table", &[], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DbError::Query(_)), "{err}");
+        let rows = db
+            .query("SELECT count(*) FROM t", &[], Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(rows.rows, [vec![Value::Integer(0)]]);
     }
 
     #[tokio::test]

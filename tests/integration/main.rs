@@ -16,6 +16,7 @@ mod held_up;
 mod jobs;
 mod probe_cli;
 mod production;
+mod refusals;
 mod sandbox;
 mod secrets;
 mod serve;

@@ -119,6 +119,13 @@ fn exits_1_within_timeout_plus_interval_when_unreachable_throughout() {
         "{}",
         output.stderr
     );
+    assert!(
+        output.stderr.contains(
+            "Database not ready: (cause: could not connect: connection refused, elapsed: "
+        ),
+        "a refusal is named as one: {}",
+        output.stderr
+    );
     assert!(output.stdout.is_empty());
     assert!(
         output.elapsed < Duration::from_millis(2000 + 500 + 700),
@@ -159,7 +166,14 @@ fn a_wrong_password_is_not_ready_until_the_timeout() {
         &["-t", "2", "-i", "0.5"],
     ));
     assert_eq!(output.code, 1, "{output:?}");
-    assert!(output.stderr.contains("Access denied"), "{}", output.stderr);
+    // Labelled as the connection failure it is, not as a failed query.
+    assert!(
+        output
+            .stderr
+            .contains("Database not ready: (cause: could not connect: Access denied"),
+        "{}",
+        output.stderr
+    );
     let attempts = output
         .stderr
         .matches("Database not ready: (cause: ")
