@@ -42,6 +42,15 @@ fn only_the_exact_probe_paths_are_probes() {
             "{path}: {answer}"
         );
     }
+    // An ordinary 404, not a probe with an empty or a nested name.
+    for path in ["/readyz/", "/readyz/a/b"] {
+        let response = request(server.address, "GET", path);
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (404, "Not Found"),
+            "{path}"
+        );
+    }
     for method in ["HEAD", "OPTIONS", "POST", "DELETE"] {
         let response = request(server.address, method, "/livez");
         assert_eq!(response.status, 405, "{method}");

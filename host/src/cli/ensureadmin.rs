@@ -93,9 +93,10 @@ pub(super) fn exec(global: &Global, args: &EnsureAdminArgs) -> Result<u8, Startu
             match result {
                 Ok(None) => Ok(Some(false)),
                 Ok(Some(Ok(created))) => Ok(Some(created)),
-                Ok(Some(Err(messages))) => {
-                    Err(format!("Password validation error: {}", messages.join(" ")))
-                }
+                Ok(Some(Err(messages))) => Err(format!(
+                    "Password validation error: {}",
+                    python_list(&messages)
+                )),
                 Err(ensureadmin::EnsureError::NoTable) => Err(format!(
                     "The auth_user table does not exist in database {:?}: run migrations first.",
                     db.name
@@ -116,5 +117,58 @@ pub(super) fn exec(global: &Global, args: &EnsureAdminArgs) -> Result<u8, Startu
             error(&message);
             Ok(exit::FAILURE)
         }
+    }
+}
+
+/// The messages as Python prints a list of them (`str()` of Django's
+/// `ValidationError` is the `repr` of its list), so the line is the original's
+/// byte for byte: `['This password is too short. ...', 'This password is too common.']`.
+fn python_list(messages: &[String]) -> String {
+    let items: Vec<String> = messages.iter().map(|m| python_repr(m)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Python's `repr` of a string: single quotes unless the text holds a single
+/// quote and no double quote, with backslashes, the chosen quote and control
+/// characters escaped.
+fn python_repr(text: &str) -> String {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(quote);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_print_as_python_prints_a_list_of_them() {
+        let list = |m: &[&str]| python_list(&m.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(list(&["a.", "b."]), "['a.', 'b.']");
+        assert_eq!(list(&["it's"]), "[\"it's\"]");
+        assert_eq!(list(&["'\"", "a\\b\n"]), "['\\'\"', 'a\\\\b\\n']");
+        assert_eq!(list(&[]), "[]");
     }
 }

@@ -152,6 +152,9 @@ impl Routes {
             .ready
             .iter()
             .find_map(|p| path.strip_prefix(p.as_str())?.strip_prefix('/'))
+            // A probe's name is one non-empty segment: `/readyz/` and
+            // `/readyz/a/b` are paths like any other, not probes.
+            .filter(|name| !name.is_empty() && !name.contains('/'))
         {
             match self.probes.iter().position(|p| p == name) {
                 Some(index) => Route::Ready(Some(index)),
@@ -989,10 +992,8 @@ mod tests {
             r.route(&Method::GET, "/readyz/redis"),
             Route::UnknownProbe("redis".into())
         );
-        assert_eq!(
-            r.route(&Method::GET, "/readyz/"),
-            Route::UnknownProbe(String::new())
-        );
+        assert_eq!(r.route(&Method::GET, "/readyz/"), Route::NotFound);
+        assert_eq!(r.route(&Method::GET, "/readyz/a/b"), Route::NotFound);
     }
 
     #[test]

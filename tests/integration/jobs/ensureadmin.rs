@@ -154,18 +154,20 @@ fn passwords_are_validated_with_djangos_messages() {
         &dir,
         &format!("common_passwords = {:?}\n", common.display().to_string()),
     );
+    // As the original prints them: str() of Django's ValidationError, the
+    // repr of its list of messages.
     for (password, message) in [
         (
             "1234",
-            "This password is too short. It must contain at least 8 characters. \
-             This password is too common. This password is entirely numeric.",
+            "['This password is too short. It must contain at least 8 characters.', \
+             'This password is too common.', 'This password is entirely numeric.']",
         ),
-        ("password", "This password is too common."),
+        ("password", "['This password is too common.']"),
         (
             "12345678",
-            "This password is too common. This password is entirely numeric.",
+            "['This password is too common.', 'This password is entirely numeric.']",
         ),
-        ("8675309181", "This password is entirely numeric."),
+        ("8675309181", "['This password is entirely numeric.']"),
     ] {
         let output = run(ensureadmin(&db.url)
             .arg("-c")
@@ -198,7 +200,7 @@ fn passwords_are_validated_with_djangos_messages() {
             .args(["-u", "admin", "-p", "short one"]));
     assert_eq!(
         output.stderr,
-        "Password validation error: This password is too short. It must contain at least 12 characters.\n"
+        "Password validation error: ['This password is too short. It must contain at least 12 characters.']\n"
     );
 }
 
