@@ -182,7 +182,9 @@ PY
 say "static binary: $(stat -c %s "$binary") bytes; wheel: $(stat -c %s "$wheel") bytes"
 static_us=$(wall "$binary")
 glibc=
-for candidate in target/dist/probehost target/release/probehost; do
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+for candidate in "$target_dir/dist/probehost" "$target_dir/release/probehost"; do
     if [ -x "$candidate" ]; then glibc=$candidate; break; fi
 done
 if [ -n "$glibc" ]; then

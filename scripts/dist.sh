@@ -26,6 +26,10 @@ maturin=.venv/bin/maturin
 [ -x "$maturin" ] || die "maturin is not installed in .venv; run scripts/setup.sh"
 export PATH="$PWD/.venv/bin:$PATH" # maturin --zig finds python -m ziglang there
 
+# Cargo's target directory, wherever CARGO_TARGET_DIR or a config puts it.
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+
 mkdir -p dist
 for target in "${targets[@]}"; do
     rustup target list --installed | grep -qx "$target" \
@@ -44,7 +48,7 @@ for target in "${targets[@]}"; do
     rm -f dist/probehost-*"${target%%-*}"*.whl
     "$maturin" build --locked --profile dist --target "$target" "${zig[@]}" \
         --compatibility manylinux2014 musllinux_1_2 --out dist
-    cp "target/$target/dist/probehost" "dist/probehost-$target"
+    cp "$target_dir/$target/dist/probehost" "dist/probehost-$target"
     printf 'dist: %s built in %ss\n' "$target" $((SECONDS - start))
 done
 

@@ -460,6 +460,34 @@ fn the_http_probe_times_out_on_a_slow_dependency() {
     );
 }
 
+#[test]
+fn the_http_probe_is_not_ready_at_once_against_a_closed_port() {
+    let closed = closed_port();
+    let (_dir, server) = server_with(
+        HTTP_PROBE,
+        &format!(
+            "http = [\"http://{closed}\"]\nconfig = {{ url = \"http://{closed}/\", timeout = \"10s\" }}"
+        ),
+    );
+    let response = server.get("/readyz");
+    assert_eq!(response.status, 503, "{}", response.body);
+    // A refusal is an answer: 10 s were allowed, milliseconds are needed (the
+    // margin is for a loaded machine).
+    assert!(
+        response.elapsed < Duration::from_secs(5),
+        "{:?}: {}",
+        response.elapsed,
+        response.body
+    );
+    let log = server.log();
+    assert!(
+        response.body.to_lowercase().contains("refused") || log.to_lowercase().contains("refused"),
+        "the refusal is named: {}\n{log}",
+        response.body
+    );
+    assert!(!response.body.contains("timed out"), "{}", response.body);
+}
+
 /// `plugin check` on every component the project ships.
 #[test]
 fn plugin_check_describes_the_probe_components() {
