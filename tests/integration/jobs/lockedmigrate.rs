@@ -234,6 +234,37 @@ fn a_lock_id_that_is_not_an_integer_exits_2() {
     );
 }
 
+/// The lock id is any 64-bit integer, as PostgreSQL's advisory lock key is:
+/// both edges take the lock and run the command; one past them is a usage
+/// error naming the value.
+#[test]
+fn lock_ids_at_the_edges_of_64_bits_work_and_beyond_them_exit_2() {
+    require(Service::Postgres);
+    require(Service::MariaDb);
+    for url in [POSTGRES_URL, MARIADB_URL] {
+        for id in [i64::MAX.to_string(), i64::MIN.to_string()] {
+            let output = run(lockedmigrate(url).args(["-L", &id, "--", "sh", "-c", "echo ran"]));
+            assert_eq!(
+                (output.code, output.stdout.as_str()),
+                (0, "ran\n"),
+                "{url} {id}: {output:?}"
+            );
+        }
+    }
+    for id in ["9223372036854775808", "-9223372036854775809"] {
+        let output = run(probehost().args(["lockedmigrate", "-L", id]));
+        assert_eq!(output.code, 2, "{id}: {output:?}");
+        assert!(
+            output.stderr.contains(&format!("invalid value '{id}'"))
+                || output
+                    .stderr
+                    .contains(&format!("unexpected argument '{id}'")),
+            "{}",
+            output.stderr
+        );
+    }
+}
+
 /// Every value is judged at parsing, before any database is asked: what no
 /// supported database accepts is refused, naming the bound.
 #[test]

@@ -447,3 +447,105 @@ fn an_http2_client_that_answers_pings_but_asks_nothing_is_retired() {
         "closed after {closed_after:?}"
     );
 }
+
+/// An HTTP/2 frame as read: (type, flags, stream, payload).
+type Frame = (u8, u8, u32, Vec<u8>);
+
+/// Reads frames from `stream` until it ends or `limit` passes, and whether it
+/// ended.
+fn read_frames(stream: &mut TcpStream, limit: Duration) -> (Vec<Frame>, bool) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let ended = loop {
+        if started.elapsed() > limit {
+            break false;
+        }
+        let mut buffer = [0u8; 65536];
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => bytes.extend_from_slice(&buffer[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+    };
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let end = (at + 9 + length).min(bytes.len());
+        let id = u32::from_be_bytes([bytes[at + 5], bytes[at + 6], bytes[at + 7], bytes[at + 8]]);
+        frames.push((
+            bytes[at + 3],
+            bytes[at + 4],
+            id & 0x7fff_ffff,
+            bytes[at + 9..end].to_vec(),
+        ));
+        at = end;
+    }
+    (frames, ended)
+}
+
+/// HEADERS then RST_STREAM(CANCEL), 5,000 times in one write: the connection
+/// is ended with GOAWAY ENHANCE_YOUR_CALM long before the last pair, and
+/// liveness never notices.
+#[test]
+fn an_http2_rapid_reset_flood_is_told_to_calm_down() {
+    let dir = TestDir::new();
+    let server = server(&dir, "");
+    let mut payload = PREFACE.to_vec();
+    payload.extend(settings(&[]));
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        payload.extend(get_headers(id, "/livez"));
+        payload.extend(frame(0x3, 0, id, &0x8u32.to_be_bytes()));
+    }
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    // The server may close while the flood is still being written.
+    let _ = stream.write_all(&payload);
+    let (frames, ended) = read_frames(&mut stream, Duration::from_secs(10));
+    assert!(ended, "the connection was kept open");
+    let goaway = frames
+        .iter()
+        .find(|(kind, ..)| *kind == 0x7)
+        .expect("a GOAWAY frame");
+    let last_stream = u32::from_be_bytes(goaway.3[0..4].try_into().unwrap()) & 0x7fff_ffff;
+    let code = u32::from_be_bytes(goaway.3[4..8].try_into().unwrap());
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+    assert!(
+        last_stream < 2 * 1000,
+        "ended only after stream {last_stream}"
+    );
+    assert_eq!(server.get("/livez").status, 200);
+}
+
+/// 20,000 PINGs in one write: they are answered, a connection that asks
+/// nothing else is still retired, and liveness holds.
+#[test]
+fn an_http2_ping_flood_cannot_hold_the_connection() {
+    let dir = TestDir::new();
+    let server = server(&dir, "");
+    let mut payload = PREFACE.to_vec();
+    payload.extend(settings(&[]));
+    for i in 0..20_000u64 {
+        payload.extend(frame(0x6, 0, 0, &i.to_be_bytes()));
+    }
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = stream.write_all(&payload);
+        })
+    };
+    let (frames, ended) = read_frames(&mut stream, HEADER_READ_TIMEOUT + Duration::from_secs(10));
+    writer.join().unwrap();
+    assert!(ended, "the connection was kept open");
+    let acks = frames
+        .iter()
+        .filter(|(kind, flags, ..)| *kind == 0x6 && flags & 1 == 1)
+        .count();
+    assert!(acks > 0, "the pings were answered, not ignored");
+    assert_eq!(server.get("/livez").status, 200);
+}
