@@ -87,6 +87,7 @@ fn main() {
     match std::env::var("PROBEHOST_BENCH").as_deref() {
         Ok("stalled") => return stalled_readers(&rt, &dir),
         Ok("h2") => return stuck_http2_streams(&rt, &dir),
+        Ok("refused") => return refused_readyz(&rt, &dir),
         _ => {}
     }
 
@@ -138,6 +139,8 @@ fn main() {
         micros(readyz) - micros(deps)
     );
     server.stop();
+
+    refused_readyz(&rt, &dir);
 
     // /livez with 1,000 clients that never read their answers holding
     // connections, against the same server without them.
@@ -694,6 +697,11 @@ async fn load_with(address: SocketAddr, path: &str, connections: usize) -> f64 {
 
 /// p50 latency of `path` at one keep-alive connection.
 async fn latencies(address: SocketAddr, path: &str) -> Duration {
+    latencies_answering(address, path, b"Ok").await
+}
+
+/// p50 latency of `path` at one connection, whose answer ends with `body`.
+async fn latencies_answering(address: SocketAddr, path: &str, body: &[u8]) -> Duration {
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -702,8 +710,9 @@ async fn latencies(address: SocketAddr, path: &str) -> Duration {
         assert!(roundtrip(&mut stream, &request, &mut buffer).await);
     }
     assert!(
-        buffer.ends_with(b"Ok"),
-        "{path} is not ready: {}",
+        buffer.ends_with(body),
+        "{path} does not answer {:?}: {}",
+        String::from_utf8_lossy(body),
         String::from_utf8_lossy(&buffer)
     );
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
@@ -954,4 +963,54 @@ fn fresh_connection_p99(address: SocketAddr) -> Duration {
         .collect();
     samples.sort();
     samples[samples.len() * 99 / 100]
+}
+
+/// `/readyz` with the database's port closed, against the same request with
+/// PostgreSQL up: a refusal must be answered about as fast as a success, not
+/// at the readiness deadline.
+fn refused_readyz(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server_for = |name: &str, url: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\ncache_dir = {:?}\n\
+                 [databases.default]\nurl = {url:?}\n\
+                 [probes.database]\ncomponent = \"builtin:database\"\n",
+                dir.path().join("cache").display().to_string()
+            ),
+        )
+        .unwrap();
+        spawn_listening(
+            Command::new(PROBEHOST)
+                .arg("--config")
+                .arg(&config)
+                .arg("serve"),
+        )
+    };
+    let mut up = server_for("up", POSTGRES);
+    let mut refused = server_for("refused", &format!("postgres://postgres@{closed}/test"));
+    let up_p50 = rt.block_on(latencies(up.address, "/readyz"));
+    let refused_p50 = rt.block_on(latencies_answering(
+        refused.address,
+        "/readyz",
+        b"db: could not connect to database",
+    ));
+    report(
+        "/readyz p50, database port closed (against PostgreSQL up)",
+        micros(refused_p50),
+        micros(up_p50),
+        "µs",
+        "[within 5 ms of it]",
+    );
+    println!(
+        "    → difference: {:.0} µs",
+        micros(refused_p50) - micros(up_p50)
+    );
+    up.stop();
+    refused.stop();
 }

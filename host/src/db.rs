@@ -17,9 +17,9 @@ use tokio::time::Instant;
 /// How long an unused pooled connection is kept: one older than this is closed
 /// instead of used.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per database. Readiness checks are short and rare; a
-/// small pool keeps a probe storm from becoming a connection storm.
-const MAX_IDLE: usize = 2;
+/// Connections per database, in use or idle. Readiness checks are short and
+/// rare; a small pool keeps a probe storm from becoming a connection storm.
+const MAX_CONNECTIONS: usize = 2;
 
 /// The kind of server behind a database alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +273,9 @@ pub struct Database {
     name: String,
     options: ConnectOptions,
     idle: Mutex<Vec<Idle>>,
+    /// One per connection a query may hold: a check beyond them waits its turn
+    /// within its own deadline.
+    permits: tokio::sync::Semaphore,
     connect_timeout: Duration,
     query_timeout: Duration,
 }
@@ -294,7 +297,8 @@ impl Database {
         Database {
             name: name.to_owned(),
             options: options.clone(),
-            idle: Mutex::new(Vec::with_capacity(MAX_IDLE)),
+            idle: Mutex::new(Vec::with_capacity(MAX_CONNECTIONS)),
+            permits: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             connect_timeout,
             query_timeout,
         }
@@ -321,6 +325,10 @@ impl Database {
     ) -> Result<Rows, DbError> {
         let limit = budget.min(self.connect_timeout + self.query_timeout);
         let deadline = Instant::now() + limit;
+        let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.permits.acquire()).await
+        else {
+            return Err(DbError::Timeout(limit));
+        };
         while let Some(connection) = self.take_idle() {
             match self
                 .run(connection, statement, params, deadline, limit)
@@ -387,7 +395,7 @@ impl Database {
 
     fn put_idle(&self, connection: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < MAX_CONNECTIONS {
             idle.push(Idle {
                 connection,
                 since: Instant::now(),
@@ -607,6 +615,47 @@ mod tests {
                 .await
                 .unwrap_err();
             assert_eq!(err, DbError::Timeout(Duration::from_millis(300)), "{url}");
+        }
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_checks_opens_no_more_than_the_pools_connections() {
+        // A server that accepts and never answers, counting connections.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let db = std::sync::Arc::new(database(&format!(
+            "postgres://postgres@127.0.0.1:{port}/test"
+        )));
+        let check = |budget| {
+            let db = db.clone();
+            tokio::spawn(async move { db.query("SELECT 1", &[], budget).await })
+        };
+        // The pool's connections, held by checks stuck on the silent server...
+        let holding: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| check(Duration::from_secs(3)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...and a storm that ends, within its deadline, without connecting.
+        let storm: Vec<_> = (0..6).map(|_| check(Duration::from_millis(300))).collect();
+        for check in storm {
+            assert!(matches!(check.await.unwrap(), Err(DbError::Timeout(_))));
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_CONNECTIONS
+        );
+        for check in holding {
+            assert!(matches!(check.await.unwrap(), Err(DbError::Timeout(_))));
         }
         held.abort();
     }
