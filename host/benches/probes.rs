@@ -803,12 +803,22 @@ const STALLED_READERS: usize = 1000;
 /// A server on SQLite with `send_timeout` raised past any measurement, so no
 /// stalled client is closed early: the worst case.
 fn patient_server(dir: &tempfile::TempDir, name: &str) -> Listening {
+    serve_with(
+        dir,
+        name,
+        "send_timeout = \"5m\"\n",
+        "[databases.default]\nurl = \"sqlite::memory:\"\n",
+    )
+}
+
+/// `serve` on a config file `name` in `dir`: a loopback port, the bench's
+/// component cache, `server_extra` in `[server]`, and `rest` after it.
+fn serve_with(dir: &tempfile::TempDir, name: &str, server_extra: &str, rest: &str) -> Listening {
     let config = dir.path().join(name);
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"5m\"\n[runtime]\ncache_dir = {:?}\n\
-             [databases.default]\nurl = \"sqlite::memory:\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}[runtime]\ncache_dir = {:?}\n{rest}",
             dir.path().join("cache").display().to_string()
         ),
     )
@@ -974,22 +984,13 @@ fn refused_readyz(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
         .local_addr()
         .unwrap();
     let server_for = |name: &str, url: &str| {
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[runtime]\ncache_dir = {:?}\n\
-                 [databases.default]\nurl = {url:?}\n\
-                 [probes.database]\ncomponent = \"builtin:database\"\n",
-                dir.path().join("cache").display().to_string()
+        serve_with(
+            dir,
+            &format!("{name}.toml"),
+            "",
+            &format!(
+                "[databases.default]\nurl = {url:?}\n[probes.database]\ncomponent = \"builtin:database\"\n"
             ),
-        )
-        .unwrap();
-        spawn_listening(
-            Command::new(PROBEHOST)
-                .arg("--config")
-                .arg(&config)
-                .arg("serve"),
         )
     };
     let mut up = server_for("up", POSTGRES);
