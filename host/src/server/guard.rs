@@ -33,8 +33,9 @@ use tokio::time::Instant;
 /// pipelined requests beyond it are never read.
 pub(super) const MAX_REQUESTS: usize = 1000;
 /// How often a busy connection is looked at: a stall is caught within
-/// `send_timeout` plus this.
-const TICK: Duration = Duration::from_millis(500);
+/// `send_timeout` plus this, which leaves most of the promised second for a
+/// loaded machine to close a thousand of them.
+const TICK: Duration = Duration::from_millis(250);
 /// Not set (for the millisecond clocks).
 const NEVER: u64 = u64::MAX;
 

@@ -224,7 +224,8 @@ fn flood_and_check<S: std::os::fd::AsFd>(
 /// When the bytes in flight to `streams` stopped changing: what waits unread
 /// at the clients, and for TCP what waits in the server's socket queues
 /// (`/proc/net/tcp`, the server's side of every connection to `port`).
-/// Unchanged for 300 ms counts; at most 60 s of looking.
+/// Unchanged for a second counts (a shorter quiet spell can be a server that
+/// a loaded machine has not scheduled yet); at most 60 s of looking.
 fn stalled_at<S: std::os::fd::AsFd>(streams: &[S], port: Option<u16>) -> Instant {
     let in_flight = || -> u64 {
         let unread: u64 = streams
@@ -240,7 +241,7 @@ fn stalled_at<S: std::os::fd::AsFd>(streams: &[S], port: Option<u16>) -> Instant
         let now = in_flight();
         if now != last {
             (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= Duration::from_millis(300) {
+        } else if since.elapsed() >= Duration::from_secs(1) {
             break;
         }
     }
