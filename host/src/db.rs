@@ -525,13 +525,7 @@ mod tests {
     }
 
     fn in_memory() -> Database {
-        let options = ConnectOptions::parse("sqlite::memory:").unwrap();
-        Database::new(
-            "mem",
-            &options,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        )
+        database("sqlite::memory:")
     }
 
     #[tokio::test]
