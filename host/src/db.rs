@@ -569,6 +569,27 @@ mod tests {
         )
     }
 
+    /// A server that accepts and never answers: its port, how many
+    /// connections it accepted, and the task holding them.
+    async fn silent_server() -> (
+        u16,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        (port, accepted, held)
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_reported_at_once_as_refused() {
         let port = closed_port();
@@ -592,14 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_accepts_and_never_answers_times_out_at_the_budget() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        let (port, _, held) = silent_server().await;
         for url in [
             format!("postgres://postgres@127.0.0.1:{port}/test"),
             format!("mysql://root@127.0.0.1:{port}/test"),
@@ -615,18 +629,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_storm_of_checks_opens_no_more_than_the_pools_connections() {
-        // A server that accepts and never answers, counting connections.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        let held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                held.push(stream);
-            }
-        });
+        let (port, accepted, held) = silent_server().await;
         let db = std::sync::Arc::new(database(&format!(
             "postgres://postgres@127.0.0.1:{port}/test"
         )));
