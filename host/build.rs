@@ -26,6 +26,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "PROBEHOST_BUILTIN_MEMCACHED",
     ),
     (
+        "probehost-plugin-migrations",
+        "probehost_plugin_migrations.wasm",
+        "PROBEHOST_BUILTIN_MIGRATIONS",
+    ),
+    (
         "probehost-plugin-redis",
         "probehost_plugin_redis.wasm",
         "PROBEHOST_PLUGIN_REDIS",

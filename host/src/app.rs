@@ -145,7 +145,7 @@ pub fn build_evaluator(
                     .collect(),
                 network: probe.network.clone().into(),
                 http: probe.http.clone().into(),
-                config: probe.config.clone(),
+                config: probe.component_settings(),
                 secrets: config.probe_secrets(probe).into(),
             };
             Plugin::new(&probe.name, component, grants, probe.timeout, probe.memory)

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod memcached;
 pub mod memory;
 pub mod metrics;
+pub mod migrations;
 pub mod plugin;
 pub mod proxy;
 pub mod readiness;

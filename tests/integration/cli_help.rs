@@ -27,6 +27,8 @@ const COMMANDS: &[&[&str]] = &[
     &["wait4db"],
     &["ensureadmin"],
     &["lockedmigrate"],
+    &["migrations"],
+    &["migrations", "plan"],
 ];
 
 fn help(args: &[&str]) -> String {

@@ -14,6 +14,7 @@ mod deploy;
 mod fail_closed;
 mod held_up;
 mod jobs;
+mod migrations;
 mod probe_cli;
 mod production;
 mod refusals;

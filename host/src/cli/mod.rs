@@ -16,6 +16,7 @@
 mod config;
 mod ensureadmin;
 mod lockedmigrate;
+mod migrations;
 mod plugin;
 mod precompile;
 mod probe;
@@ -37,6 +38,7 @@ use crate::logging::{self, LogFormat};
 pub use config::ConfigCommand;
 pub use ensureadmin::EnsureAdminArgs;
 pub use lockedmigrate::LockedMigrateArgs;
+pub use migrations::{MigrationsCommand, PlanArgs};
 pub use plugin::PluginCommand;
 pub use probe::{ProbeArgs, ProbeMode};
 pub use run::RunArgs;
@@ -128,6 +130,10 @@ pub enum Command {
     /// Run Django migrations (or any command after `--`) holding a database lock;
     /// safe across multiple processes.
     Lockedmigrate(LockedMigrateArgs),
+    /// Work with the migrations plan that `builtin:migrations` and `wait4db
+    /// --migrated` check the database against.
+    #[command(subcommand)]
+    Migrations(MigrationsCommand),
     /// Internal: the process that stops `run`'s and `lockedmigrate`'s command
     /// if probehost dies (see the `warden` module).
     #[command(hide = true)]
@@ -146,7 +152,8 @@ impl Command {
             | Command::Plugin(_)
             | Command::Wait4db(_)
             | Command::Ensureadmin(_)
-            | Command::Lockedmigrate(_) => "warn",
+            | Command::Lockedmigrate(_)
+            | Command::Migrations(_) => "warn",
         }
     }
 
@@ -161,6 +168,7 @@ impl Command {
             Command::Wait4db(args) => wait4db::exec(global, args),
             Command::Ensureadmin(args) => ensureadmin::exec(global, args),
             Command::Lockedmigrate(args) => lockedmigrate::exec(global, args),
+            Command::Migrations(command) => migrations::exec(global, command),
             Command::Warden => Ok(crate::warden::serve_orders()),
         }
     }

@@ -1,13 +1,20 @@
 //! `probehost wait4db [-t 180] [-s 5] [-i 1] [-d default]`: wait until the
 //! database has answered `SELECT 1` for a stability window, with the original's
-//! flags, messages and exit codes.
+//! flags, messages and exit codes. With `--migrated` (or `--plan FILE`), also
+//! until the migrations check of `builtin:migrations` passes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 
-use super::{Global, error, exit, load_config};
-use crate::app::StartupError;
-use crate::config;
-use crate::jobs::{self, wait4db::Wait4db};
+use super::{Global, error, exit, load_config, usage_error};
+use crate::app::{self, StartupError};
+use crate::config::{self, Config, ProbeConfig};
+use crate::jobs::{self, wait4db::NotReady, wait4db::Wait4db};
+use crate::metrics::Metrics;
+use crate::migrations;
+use crate::plugin::{Builtin, ComponentSource};
 
 #[derive(Debug, Args)]
 pub struct Wait4dbArgs {
@@ -41,6 +48,14 @@ pub struct Wait4dbArgs {
     /// which database to wait for
     #[arg(short, long, value_name = "DATABASE", default_value = config::DEFAULT_DATABASE)]
     pub database: String,
+    /// Also wait until every migration of the plan is applied, as the config's
+    /// builtin:migrations probes for this database check it
+    #[arg(long)]
+    pub migrated: bool,
+    /// The migrations plan to wait for, instead of the config's builtin:migrations
+    /// probes (implies --migrated)
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
 }
 
 pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupError> {
@@ -54,16 +69,77 @@ pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupErr
     };
     let config = load_config(global)?;
     let db = jobs::database(&config, &args.database)?;
-    let ready = super::current_thread_runtime("job")?.block_on(jobs::wait4db::wait4db(
+    let runtime = super::current_thread_runtime("job")?;
+    let migrated = if args.migrated || args.plan.is_some() {
+        let probes = migrations_probes(&config, &args.database, args.plan.as_deref());
+        let checks = Config {
+            probes,
+            ..config.clone()
+        };
+        let metrics = Arc::new(Metrics::new(checks.probes.iter().map(|p| p.name.as_str())));
+        Some(app::build_evaluator(&checks, runtime.handle(), metrics)?)
+    } else {
+        None
+    };
+    let result = runtime.block_on(jobs::wait4db::wait4db(
         db,
         settings,
+        migrated.as_ref(),
         &mut std::io::stdout(),
         &mut std::io::stderr(),
     ));
-    if ready {
-        Ok(exit::OK)
-    } else {
-        error("Could not establish database connection");
-        Ok(exit::FAILURE)
+    match result {
+        Ok(()) => Ok(exit::OK),
+        Err(NotReady::Database) => {
+            error("Could not establish database connection");
+            Ok(exit::FAILURE)
+        }
+        Err(NotReady::Migrations(cause)) => {
+            error(&format!("Database is not migrated: {cause}"));
+            Ok(exit::FAILURE)
+        }
     }
+}
+
+/// The migrations checks of `--migrated`, each on `database` alone: a probe for
+/// `--plan`, else the config's `builtin:migrations` probes granted `database`.
+fn migrations_probes(config: &Config, database: &str, plan: Option<&Path>) -> Vec<ProbeConfig> {
+    let only = |mut probe: ProbeConfig| {
+        probe.databases = vec![database.to_owned()];
+        probe
+    };
+    if let Some(path) = plan {
+        let text = match migrations::read_plan(path) {
+            Ok(text) => text,
+            Err(e) => usage_error(&format!("--plan: {e}")),
+        };
+        return vec![only(ProbeConfig {
+            name: "migrations".to_owned(),
+            component: ComponentSource::Builtin(Builtin::Migrations),
+            component_location: None,
+            databases: Vec::new(),
+            caches: Vec::new(),
+            network: Vec::new(),
+            http: Vec::new(),
+            timeout: config.readiness.timeout,
+            memory: config::DEFAULT_PROBE_MEMORY,
+            config: vec![("plan".to_owned(), path.display().to_string())],
+            plan: Some(text),
+        })];
+    }
+    let probes: Vec<ProbeConfig> = config
+        .probes
+        .iter()
+        .filter(|p| p.component == ComponentSource::Builtin(Builtin::Migrations))
+        .filter(|p| p.databases.iter().any(|d| d == database))
+        .cloned()
+        .map(only)
+        .collect();
+    if probes.is_empty() {
+        usage_error(&format!(
+            "--migrated: no builtin:migrations probe checks the database {database:?}: \
+             configure one, or give the plan with --plan FILE"
+        ));
+    }
+    probes
 }

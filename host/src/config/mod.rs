@@ -170,6 +170,25 @@ pub struct ProbeConfig {
     pub memory: usize,
     /// The probe's own settings, in file order.
     pub config: Vec<(String, String)>,
+    /// `builtin:migrations` with Django: the text of the plan file named by the
+    /// `plan` setting, read when the config is loaded.
+    pub plan: Option<String>,
+}
+
+impl ProbeConfig {
+    /// The settings the component sees: its own, with the plan file's text in
+    /// place of its path (a component has no filesystem).
+    pub fn component_settings(&self) -> Vec<(String, String)> {
+        let mut settings = self.config.clone();
+        if let Some(text) = &self.plan {
+            for (key, value) in &mut settings {
+                if key == "plan" {
+                    value.clone_from(text);
+                }
+            }
+        }
+        settings
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,17 +419,18 @@ fn default_probes(
             component_location: None,
             databases: match builtin {
                 Builtin::Database => databases.iter().map(|d| d.name.clone()).collect(),
-                Builtin::Memcached => Vec::new(),
+                _ => Vec::new(),
             },
             caches: match builtin {
-                Builtin::Database => Vec::new(),
                 Builtin::Memcached => caches.iter().map(|c| c.name.clone()).collect(),
+                _ => Vec::new(),
             },
             network: Vec::new(),
             http: Vec::new(),
             timeout,
             memory: DEFAULT_PROBE_MEMORY,
             config: Vec::new(),
+            plan: None,
         })
         .collect()
 }

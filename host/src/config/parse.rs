@@ -52,6 +52,8 @@ const MAX_SOCKET_PATH: usize = 107;
 const READINESS_KEYS: &[&str] = &["timeout", "cache_ttl", "interval"];
 const DATABASE_KEYS: &[&str] = &["url", "connect_timeout", "query_timeout"];
 const CACHE_KEYS: &[&str] = &["servers", "timeout"];
+/// The settings `builtin:migrations` reads from `[probes.NAME.config]`.
+const MIGRATIONS_SETTINGS: &[&str] = &["tool", "plan", "head", "table"];
 const PROBE_KEYS: &[&str] = &[
     "component",
     "databases",
@@ -448,7 +450,9 @@ impl<'a> Parser<'a> {
             // says otherwise, as the original's probes do; a user probe is
             // granted nothing it is not given.
             let granted_databases = match t.get("databases") {
-                None if bundled == Some(Builtin::Database) => owned(&database_names),
+                None if matches!(bundled, Some(Builtin::Database | Builtin::Migrations)) => {
+                    owned(&database_names)
+                }
                 None => Vec::new(),
                 Some(i) => {
                     self.grants(i, &format!("{key}.databases"), &database_names, "databases")
@@ -474,6 +478,12 @@ impl<'a> Parser<'a> {
             let Some((component, span)) = component else {
                 continue;
             };
+            let plan = match bundled {
+                Some(Builtin::Migrations) => {
+                    self.migrations_settings(t.get("config"), &key, span.clone(), &config)
+                }
+                _ => None,
+            };
             if let Some(timeout) = timeout.filter(|t| *t > readiness.timeout) {
                 self.warnings.push(format!(
                     "{key}.timeout ({}) is longer than readiness.timeout ({}); the overall deadline stops the probe first",
@@ -484,7 +494,7 @@ impl<'a> Parser<'a> {
             // A bundled probe with nothing to check would always pass: fail
             // closed instead, naming the probe.
             let nothing_to_check = match bundled {
-                Some(Builtin::Database) if granted_databases.is_empty() => {
+                Some(Builtin::Database | Builtin::Migrations) if granted_databases.is_empty() => {
                     Some(("databases", "database", "[databases.NAME] table"))
                 }
                 Some(Builtin::Memcached) if granted_caches.is_empty() => {
@@ -536,6 +546,7 @@ impl<'a> Parser<'a> {
                 timeout: timeout.unwrap_or(readiness.timeout),
                 memory: memory.unwrap_or(DEFAULT_PROBE_MEMORY),
                 config,
+                plan,
             });
         }
         probes
@@ -999,6 +1010,91 @@ impl<'a> Parser<'a> {
             }
         }
         settings
+    }
+
+    /// The settings of `builtin:migrations`, checked here so that `config check`
+    /// reports them; for Django, the plan file is read and checked, and its text
+    /// returned (the component has no filesystem: it gets the text as `plan`).
+    fn migrations_settings(
+        &mut self,
+        item: Option<&Item>,
+        probe: &str,
+        component_span: Option<Range<usize>>,
+        settings: &[(String, String)],
+    ) -> Option<String> {
+        let key = format!("{probe}.config");
+        let table = item.and_then(Item::as_table_like);
+        let span_of = |name: &str| table.and_then(|t| t.get(name)).and_then(Item::span);
+        let get = |name: &str| {
+            settings
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        for (name, _) in settings {
+            if !MIGRATIONS_SETTINGS.contains(&name.as_str()) {
+                self.problem(
+                    span_of(name),
+                    &format!("{key}.{name}"),
+                    format!(
+                        "not a setting of builtin:migrations (known: {})",
+                        MIGRATIONS_SETTINGS.join(", ")
+                    ),
+                );
+            }
+        }
+        let tool = get("tool").unwrap_or("django");
+        let misplaced = |parser: &mut Self, name: &str| {
+            if get(name).is_some() {
+                parser.problem(
+                    span_of(name),
+                    &format!("{key}.{name}"),
+                    format!("not a setting of tool = {tool:?}"),
+                );
+            }
+        };
+        match tool {
+            "django" => {
+                misplaced(self, "head");
+                misplaced(self, "table");
+                let Some(path) = get("plan") else {
+                    self.problem(
+                        component_span,
+                        &format!("{key}.plan"),
+                        "builtin:migrations needs a plan: write one with `probehost migrations plan -o FILE` and set `plan = \"FILE\"` in this table",
+                    );
+                    return None;
+                };
+                let path = self.relative(path);
+                match crate::migrations::read_plan(&path) {
+                    Ok(text) => Some(text),
+                    Err(e) => {
+                        self.problem(span_of("plan"), &format!("{key}.plan"), e);
+                        None
+                    }
+                }
+            }
+            "alembic" => {
+                misplaced(self, "plan");
+                if get("head").is_none_or(|h| h.trim().is_empty()) {
+                    let span = span_of("head").or(component_span);
+                    self.problem(
+                        span,
+                        &format!("{key}.head"),
+                        "tool = \"alembic\" needs the expected `head` revision (several separated by commas)",
+                    );
+                }
+                None
+            }
+            other => {
+                self.problem(
+                    span_of("tool"),
+                    &format!("{key}.tool"),
+                    format!("unknown tool {other:?} (expected \"django\" or \"alembic\")"),
+                );
+                None
+            }
+        }
     }
 
     /// Seconds as a number, or a string with units such as "800ms", "5s", "1m".

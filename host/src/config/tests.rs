@@ -175,7 +175,7 @@ timeout = 0
             r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, socket, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, send_timeout, max_connections, threads, verbose, liveness_upstream)"#,
             r#"probehost.toml:8:7: databases.default.url: invalid database URL: unsupported scheme `redis` (expected postgres, postgresql, mysql, mariadb or sqlite)"#,
             r#"probehost.toml:9:19: databases.default.connect_timeout: "soon" is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
-            r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached)"#,
+            r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached, builtin:migrations)"#,
             r#"probehost.toml:13:14: probes.db.databases: no database named "missing" is configured (configured: none)"#,
             r#"probehost.toml:14:10: probes.db.memory: "lots" is not a size (use e.g. "64MiB", "512KiB" or a number of bytes)"#,
             r#"probehost.toml:15:11: probes.db.timeout: 0 is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
@@ -485,4 +485,47 @@ fn the_default_probe_list_keeps_the_originals_cacheless_memcached_probe() {
         assert!(memcached.caches.is_empty());
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
+}
+
+#[test]
+fn the_migrations_probe_gets_the_plans_text_and_every_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("migrations.plan");
+    let text = format!("{}\nshop.0001_initial\n", crate::migrations::HEADER);
+    std::fs::write(&plan, &text).unwrap();
+    let config = parse(
+        "[databases.default]\nurl = \"postgres://a/app\"\n[databases.other]\nurl = \"sqlite::memory:\"\n\
+         [probes.migrations]\ncomponent = \"builtin:migrations\"\n\
+         [probes.migrations.config]\nplan = \"migrations.plan\"\n\
+         [probes.alembic]\ncomponent = \"builtin:migrations\"\ndatabases = [\"other\"]\n\
+         [probes.alembic.config]\ntool = \"alembic\"\nhead = \"ae10\"\n",
+        &dir.path().join("probehost.toml"),
+        &env(&[]),
+    )
+    .unwrap();
+    let django = &config.probes[0];
+    assert_eq!(django.databases, ["default", "other"]);
+    // The path stays in the config (and in `config check`); the component
+    // sees the text, since it has no filesystem.
+    assert_eq!(
+        django.config,
+        [("plan".to_owned(), "migrations.plan".to_owned())]
+    );
+    assert_eq!(django.component_settings(), [("plan".to_owned(), text)]);
+    let alembic = &config.probes[1];
+    assert_eq!(alembic.databases, ["other"]);
+    assert_eq!(alembic.plan, None);
+    assert_eq!(alembic.component_settings(), alembic.config);
+
+    assert_eq!(
+        problems(
+            "[databases.default]\nurl = \"sqlite::memory:\"\n\
+             [probes.m]\ncomponent = \"builtin:migrations\"\ndatabases = []\n\
+             [probes.m.config]\ntool = \"flyway\"\n"
+        ),
+        [
+            "probehost.toml:5:13: probes.m.databases: builtin:migrations is granted no databases, so it would always pass: grant at least one database, or remove the probe",
+            "probehost.toml:7:8: probes.m.config.tool: unknown tool \"flyway\" (expected \"django\" or \"alembic\")",
+        ]
+    );
 }

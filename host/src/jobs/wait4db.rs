@@ -1,4 +1,5 @@
-//! `wait4db`: wait until `SELECT 1` has kept succeeding for a stability window.
+//! `wait4db`: wait until `SELECT 1` has kept succeeding for a stability window
+//! (and, with `--migrated`, the migrations check with it).
 //!
 //! The original's messages and exit codes, without its flaws: a connection that
 //! drops is replaced on the next attempt (and the window starts again), and no
@@ -6,10 +7,12 @@
 //! interval after it.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::DatabaseConfig;
 use crate::db::Connection;
+use crate::readiness::{Evaluator, Verdict};
 
 /// Validated `wait4db` settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,27 +39,56 @@ impl Wait4db {
     }
 }
 
-/// Wait for `db`. Progress goes to `out` (successes) and `err` (failures).
-/// Returns whether the database became stable before the timeout.
+/// Why `wait4db` gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The database never answered for long enough.
+    Database,
+    /// It answered, but the last check found migrations pending (`--migrated`).
+    Migrations(String),
+}
+
+/// One failed attempt.
+enum Failure {
+    /// The connection or `SELECT 1` failed: reconnect next time.
+    Database(String),
+    /// The database answered, the migrations check did not pass.
+    Migrations(String),
+}
+
+/// Wait for `db`, and with `migrated` for its migrations check to pass too.
+/// Progress goes to `out` (successes) and `err` (failures).
 pub async fn wait4db(
     db: &DatabaseConfig,
     settings: Wait4db,
+    migrated: Option<&Arc<Evaluator>>,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> bool {
+) -> Result<(), NotReady> {
     let started = Instant::now();
     let deadline = started + settings.timeout;
     let mut connection: Option<Connection> = None;
     let mut alive_since: Option<Instant> = None;
+    let mut last_failure = NotReady::Database;
     loop {
         let attempt_started = Instant::now();
         let remaining = deadline.saturating_duration_since(attempt_started);
         if remaining.is_zero() {
-            return false;
+            return Err(last_failure);
         }
         // Bounded by the connect timeout and by what is left of the overall timeout.
         let budget = db.connect_timeout.min(remaining);
-        match attempt(db, &mut connection, budget).await {
+        let result = match attempt(db, &mut connection, budget).await {
+            Ok(()) => match migrated {
+                Some(evaluator) => match evaluator.evaluate(None).await {
+                    Verdict::Ready => Ok(()),
+                    Verdict::NotReady { message, .. } => Err(Failure::Migrations(message)),
+                },
+                None => Ok(()),
+            },
+            Err(cause) => Err(Failure::Database(cause)),
+        };
+        match result {
             Ok(()) => {
                 let since = *alive_since.get_or_insert(attempt_started);
                 let alive = since.elapsed();
@@ -66,13 +98,24 @@ pub async fn wait4db(
                     if let Some(c) = connection.take() {
                         c.close().await;
                     }
-                    return true;
+                    return Ok(());
                 }
             }
-            Err(cause) => {
-                // Whatever failed, start over with a fresh connection and window.
-                connection = None;
+            Err(failure) => {
+                // Whatever failed, the window starts again; a failed
+                // connection is replaced.
                 alive_since = None;
+                let cause = match failure {
+                    Failure::Database(cause) => {
+                        connection = None;
+                        last_failure = NotReady::Database;
+                        cause
+                    }
+                    Failure::Migrations(cause) => {
+                        last_failure = NotReady::Migrations(cause.clone());
+                        cause
+                    }
+                };
                 let elapsed = started.elapsed().as_secs_f64();
                 let _ = writeln!(
                     err,

@@ -45,15 +45,17 @@ pub const WORLD: &str = "probehost:probe/probe@0.1.0";
 pub enum Builtin {
     Database,
     Memcached,
+    Migrations,
 }
 
 impl Builtin {
-    pub const ALL: [Builtin; 2] = [Builtin::Database, Builtin::Memcached];
+    pub const ALL: [Builtin; 3] = [Builtin::Database, Builtin::Memcached, Builtin::Migrations];
 
     pub fn name(self) -> &'static str {
         match self {
             Builtin::Database => "database",
             Builtin::Memcached => "memcached",
+            Builtin::Migrations => "migrations",
         }
     }
 
@@ -65,6 +67,7 @@ impl Builtin {
         match self {
             Builtin::Database => include_bytes!(env!("PROBEHOST_BUILTIN_DATABASE")),
             Builtin::Memcached => include_bytes!(env!("PROBEHOST_BUILTIN_MEMCACHED")),
+            Builtin::Migrations => include_bytes!(env!("PROBEHOST_BUILTIN_MIGRATIONS")),
         }
     }
 }

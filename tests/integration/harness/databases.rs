@@ -32,6 +32,28 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// Evaluate `$body` with `$c` a fresh connection to `$db`, whatever its kind.
+macro_rules! on_connection {
+    ($db:expr, $c:ident => $body:expr) => {
+        block_on(async {
+            match $db.kind {
+                Kind::Postgres => {
+                    let mut $c = PgConnection::connect(&$db.url).await.unwrap();
+                    $body
+                }
+                Kind::MariaDb => {
+                    let mut $c = MySqlConnection::connect(&$db.url).await.unwrap();
+                    $body
+                }
+                Kind::Sqlite => {
+                    let mut $c = SqliteConnection::connect(&$db.url).await.unwrap();
+                    $body
+                }
+            }
+        })
+    };
+}
+
 const POSTGRES_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
 
@@ -88,30 +110,13 @@ impl FreshDatabase {
 
     /// The first column of the first row of `sql`, as an integer.
     pub fn scalar(&self, sql: &str) -> i64 {
-        block_on(async {
-            match self.kind {
-                Kind::Postgres => {
-                    let mut c = PgConnection::connect(&self.url).await.unwrap();
-                    sqlx::query_scalar::<_, i64>(sql)
-                        .fetch_one(&mut c)
-                        .await
-                        .unwrap()
-                }
-                Kind::MariaDb => {
-                    let mut c = MySqlConnection::connect(&self.url).await.unwrap();
-                    sqlx::query_scalar::<_, i64>(sql)
-                        .fetch_one(&mut c)
-                        .await
-                        .unwrap()
-                }
-                Kind::Sqlite => {
-                    let mut c = SqliteConnection::connect(&self.url).await.unwrap();
-                    sqlx::query_scalar::<_, i64>(sql)
-                        .fetch_one(&mut c)
-                        .await
-                        .unwrap()
-                }
-            }
+        on_connection!(self, c => sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut c).await.unwrap())
+    }
+
+    /// Run `sql` (one or more statements), which must succeed.
+    pub fn execute(&self, sql: &str) {
+        on_connection!(self, c => {
+            sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
         })
     }
 }
