@@ -148,7 +148,8 @@ pub fn build_evaluator(
                 config: probe.component_settings(),
                 secrets: config.probe_secrets(probe).into(),
             };
-            Plugin::new(&probe.name, component, grants, probe.timeout, probe.memory)
+            let plugin = Plugin::new(&probe.name, component, grants, probe.timeout, probe.memory);
+            (plugin, probe.gate)
         })
         .collect();
     Ok(Arc::new(Evaluator::new(

@@ -19,6 +19,7 @@ pub mod migrations;
 pub mod plugin;
 pub mod proxy;
 pub mod readiness;
+pub mod reaper;
 pub mod scaffold;
 pub mod server;
 pub mod signals;

@@ -80,6 +80,8 @@ struct ProbeMetrics {
     name: String,
     /// 1 ready, 0 not ready, -1 not checked yet.
     up: AtomicI64,
+    /// 1 when the last check failed but the probe's gate let readiness pass.
+    degraded: AtomicI64,
     results: [AtomicU64; 5],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -113,6 +115,7 @@ impl Metrics {
                 .map(|name| ProbeMetrics {
                     name: name.to_owned(),
                     up: AtomicI64::new(-1),
+                    degraded: AtomicI64::new(0),
                     results: Default::default(),
                     buckets: Default::default(),
                     count: AtomicU64::new(0),
@@ -126,12 +129,20 @@ impl Metrics {
         }
     }
 
-    /// One check of probe number `index`.
-    pub fn record_check(&self, index: usize, result: CheckResult, duration: Duration) {
+    /// One check of probe number `index`; `degraded` when it failed without
+    /// gating readiness.
+    pub fn record_check(
+        &self,
+        index: usize,
+        result: CheckResult,
+        degraded: bool,
+        duration: Duration,
+    ) {
         let Some(p) = self.probes.get(index) else {
             return;
         };
         p.up.store(i64::from(result == CheckResult::Ready), Ordering::Relaxed);
+        p.degraded.store(i64::from(degraded), Ordering::Relaxed);
         let slot = CheckResult::ALL
             .iter()
             .position(|r| *r == result)
@@ -201,6 +212,17 @@ impl Metrics {
                 "probehost_probe_up{{probe=\"{}\"}} {}",
                 p.name,
                 p.up.load(Ordering::Relaxed)
+            );
+        }
+
+        out.push_str("# HELP probehost_probe_degraded Whether the probe's last check failed without gating readiness (its gate is `startup`, after the first pass, or `never`).\n");
+        out.push_str("# TYPE probehost_probe_degraded gauge\n");
+        for p in &self.probes {
+            let _ = writeln!(
+                out,
+                "probehost_probe_degraded{{probe=\"{}\"}} {}",
+                p.name,
+                p.degraded.load(Ordering::Relaxed)
             );
         }
 
@@ -298,9 +320,9 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_cumulative_buckets() {
         let m = Metrics::new(["database", "memcached"]);
-        m.record_check(0, CheckResult::Ready, Duration::from_millis(3));
-        m.record_check(0, CheckResult::NotReady, Duration::from_millis(300));
-        m.record_check(1, CheckResult::Timeout, Duration::from_secs(1));
+        m.record_check(0, CheckResult::Ready, false, Duration::from_millis(3));
+        m.record_check(0, CheckResult::NotReady, false, Duration::from_millis(300));
+        m.record_check(1, CheckResult::Timeout, true, Duration::from_secs(1));
         m.record_evaluation(false);
         m.record_shared();
         m.record_request(RouteLabel::Ready, 503);
@@ -310,6 +332,8 @@ mod tests {
             "probehost_ready 0",
             "probehost_probe_up{probe=\"database\"} 0",
             "probehost_probe_up{probe=\"memcached\"} 0",
+            "probehost_probe_degraded{probe=\"database\"} 0",
+            "probehost_probe_degraded{probe=\"memcached\"} 1",
             "probehost_probe_checks_total{probe=\"database\",result=\"ready\"} 1",
             "probehost_probe_checks_total{probe=\"database\",result=\"not_ready\"} 1",
             "probehost_probe_checks_total{probe=\"memcached\",result=\"timeout\"} 1",

@@ -44,6 +44,50 @@ pub enum Verdict {
     },
 }
 
+/// How a probe's failure gates readiness (`probes.NAME.gate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Gate {
+    /// Every failure makes readiness fail (the original's behaviour).
+    #[default]
+    Always,
+    /// Failures gate readiness until the first time readiness passes; after
+    /// that the probe is reported as degraded, and the pod stays in rotation.
+    Startup,
+    /// Never gates readiness: reported only.
+    Never,
+}
+
+impl Gate {
+    pub const NAMES: [&'static str; 3] = ["always", "startup", "never"];
+
+    pub fn from_name(name: &str) -> Option<Gate> {
+        match name {
+            "always" => Some(Gate::Always),
+            "startup" => Some(Gate::Startup),
+            "never" => Some(Gate::Never),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::Always => "always",
+            Gate::Startup => "startup",
+            Gate::Never => "never",
+        }
+    }
+}
+
+/// Where a probe stands after a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Ready,
+    /// Failed, and the failure gates readiness.
+    NotReady,
+    /// Failed, but its gate lets readiness pass.
+    Degraded,
+}
+
 /// One probe's result in an evaluation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -51,12 +95,28 @@ pub struct ProbeResult {
     /// `None` when ready; else the status and message of the answer.
     pub failure: Option<(u16, String)>,
     pub duration: Duration,
+    /// Whether a failure gates readiness (decided when the result came in).
+    gates: bool,
     kind: CheckResult,
 }
 
 impl ProbeResult {
+    /// Whether the check itself passed.
     pub fn is_ready(&self) -> bool {
         self.failure.is_none()
+    }
+
+    pub fn standing(&self) -> Standing {
+        match (&self.failure, self.gates) {
+            (None, _) => Standing::Ready,
+            (Some(_), true) => Standing::NotReady,
+            (Some(_), false) => Standing::Degraded,
+        }
+    }
+
+    /// Whether this result makes readiness fail.
+    pub fn blocks(&self) -> bool {
+        self.standing() == Standing::NotReady
     }
 
     fn new(
@@ -64,6 +124,7 @@ impl ProbeResult {
         outcome: &CheckOutcome,
         limit: Duration,
         duration: Duration,
+        gates: bool,
     ) -> ProbeResult {
         let probe = plugin.name();
         let (kind, failure) = match outcome {
@@ -97,6 +158,7 @@ impl ProbeResult {
             name: probe.to_owned(),
             failure,
             duration,
+            gates,
             kind,
         }
     }
@@ -146,7 +208,7 @@ impl Evaluation {
                 for slot in slots {
                     match slot {
                         None => return false,
-                        Some(r) if !r.is_ready() && counts(slot) => return true,
+                        Some(r) if r.blocks() && counts(slot) => return true,
                         Some(_) => {}
                     }
                 }
@@ -155,7 +217,7 @@ impl Evaluation {
             .await;
         for slot in &slots {
             match slot {
-                Some(r) if counts(slot) => {
+                Some(r) if counts(slot) && r.blocks() => {
                     if let Some((status, message)) = &r.failure {
                         return Verdict::NotReady {
                             probe: r.name.clone(),
@@ -200,12 +262,14 @@ impl Evaluation {
 #[derive(Debug)]
 pub struct Evaluator {
     probes: Vec<Arc<Plugin>>,
+    /// Each probe's gate, in the same order.
+    gates: Vec<Gate>,
     timeout: Duration,
     guests: Handle,
     metrics: Arc<Metrics>,
-    /// Each probe's readiness after the last evaluation, to log changes only.
-    last: Mutex<Vec<Option<bool>>>,
-    /// Whether any evaluation has passed.
+    /// Each probe's standing after the last evaluation, to log changes only.
+    last: Mutex<Vec<Option<Standing>>>,
+    /// Whether any evaluation has passed (which ends the `startup` gates).
     passed: AtomicBool,
 }
 
@@ -213,14 +277,16 @@ impl Evaluator {
     /// `guests` is the runtime the probe checks run on; keeping it apart from the
     /// runtime that serves HTTP means no probe can delay a liveness answer.
     pub fn new(
-        probes: Vec<Plugin>,
+        probes: Vec<(Plugin, Gate)>,
         timeout: Duration,
         guests: Handle,
         metrics: Arc<Metrics>,
     ) -> Evaluator {
         let n = probes.len();
+        let (probes, gates): (Vec<Plugin>, Vec<Gate>) = probes.into_iter().unzip();
         Evaluator {
             probes: probes.into_iter().map(Arc::new).collect(),
+            gates,
             timeout,
             guests,
             metrics,
@@ -321,9 +387,18 @@ impl Evaluator {
     ) {
         let plugin = &self.probes[index];
         let limit = plugin.timeout().min(self.timeout);
-        let result = ProbeResult::new(plugin, outcome, limit, started.elapsed());
-        self.metrics
-            .record_check(index, result.kind, result.duration);
+        let gates = match self.gates[index] {
+            Gate::Always => true,
+            Gate::Startup => !self.passed.load(Ordering::Relaxed),
+            Gate::Never => false,
+        };
+        let result = ProbeResult::new(plugin, outcome, limit, started.elapsed(), gates);
+        self.metrics.record_check(
+            index,
+            result.kind,
+            result.standing() == Standing::Degraded,
+            result.duration,
+        );
         // Only the driver sends, so this copy cannot lose an update.
         let mut slots = tx.borrow().clone();
         slots[index] = Some(Arc::new(result));
@@ -341,16 +416,27 @@ impl Evaluator {
         let mut all_ready = true;
         for (index, slot) in slots.iter().enumerate() {
             let Some(result) = slot else { continue };
-            let ready = result.is_ready();
-            all_ready &= ready;
-            if last[index] != Some(ready) {
-                match &result.failure {
-                    None => tracing::info!(probe = %result.name, "probe is ready"),
-                    Some((status, message)) => {
-                        tracing::warn!(probe = %result.name, status, reason = %message, "probe is not ready");
+            let standing = result.standing();
+            all_ready &= standing != Standing::NotReady;
+            if last[index] != Some(standing) {
+                let name = &result.name;
+                let (status, reason) = result
+                    .failure
+                    .as_ref()
+                    .map_or((200, ""), |(s, m)| (*s, m.as_str()));
+                match standing {
+                    Standing::Ready => tracing::info!(probe = %name, "probe is ready"),
+                    Standing::NotReady => {
+                        tracing::warn!(probe = %name, status, reason = %reason, "probe is not ready");
                     }
+                    Standing::Degraded => tracing::warn!(
+                        probe = %name,
+                        gate = self.gates[index].name(),
+                        reason = %reason,
+                        "probe is degraded: it fails, but its gate keeps readiness passing"
+                    ),
                 }
-                last[index] = Some(ready);
+                last[index] = Some(standing);
             }
         }
         if all_ready {

@@ -60,6 +60,11 @@ impl Warden {
         Ok(Warden { child, orders })
     }
 
+    /// The warden's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// From now on, if probehost dies, the warden kills process group `group`.
     pub fn watch(&mut self, group: u32) {
         let _ = writeln!(self.orders, "G {group}");

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ::probehost::cli::{Cli, Command, ProbeMode, ServeArgs};
 use ::probehost::config::Config;
+use ::probehost::readiness::Gate;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use serde::Deserialize;
@@ -1179,6 +1180,35 @@ fn the_config_map_passes_probehost_config_check() {
         "the cache at runtime.cache_dir (inside a world-writable emptyDir) holds {compiled} \
          compiled components, not one for each of {components:?}: probehost did not use it"
     );
+}
+
+#[test]
+fn shared_dependencies_gate_readiness_only_at_startup() {
+    // Every replica shares the database and the cache: with gate "always", a
+    // blip would empty the Service. New pods must still wait for them.
+    let invocations = invocations();
+    let server = invocations
+        .iter()
+        .find(|i| i.probe.is_none() && matches!(i.cli.command, Command::Run(_)))
+        .unwrap_or_else(|| panic!("no `probehost run` in {OVERLAY}"));
+    let config = server.config_file().parse();
+    let shared: Vec<_> = config
+        .probes
+        .iter()
+        .filter(|p| !p.databases.is_empty() || !p.caches.is_empty())
+        .collect();
+    assert!(
+        !shared.is_empty(),
+        "no probe checks the database or the cache"
+    );
+    for probe in shared {
+        assert_eq!(
+            probe.gate,
+            Gate::Startup,
+            "probes.{} checks a dependency every replica shares: gate = \"startup\"",
+            probe.name
+        );
+    }
 }
 
 #[test]

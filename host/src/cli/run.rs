@@ -1,7 +1,8 @@
 //! `probehost run [serve options] -- CMD ARGS...`: the supervisor. Starts the
 //! application as a child in a process group of its own, serves its probes
 //! while it runs (liveness follows it), drains and passes the stopping signal
-//! on, and exits with the application's exit code.
+//! on, reaps orphans (PID 1's duty; see [`crate::reaper`]), and exits with the
+//! application's exit code.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ use super::{Global, error, exit};
 use crate::app::{self, StartupError};
 use crate::child;
 use crate::jobs::lockedmigrate::EXIT_CANNOT_RUN;
+use crate::reaper;
 use crate::server::{Lifecycle, Stop};
 use crate::signals;
 use crate::warden::{self, Warden};
@@ -31,6 +33,7 @@ pub struct RunArgs {
 
 pub(super) fn exec(global: &Global, args: &RunArgs) -> Result<u8, StartupError> {
     let config = serve_config(global, &args.serve)?;
+    reaper::adopt_orphans();
     let alive = Arc::new(AtomicBool::new(true));
     let port = if config.server.liveness_upstream {
         Some(app::upstream_address(&config).context("resolving server.upstream")?)
@@ -64,6 +67,9 @@ pub(super) fn exec(global: &Global, args: &RunArgs) -> Result<u8, StartupError> 
         if let Some(pid) = pid {
             warden.watch(pid);
         }
+        // PID 1's duty (or a subreaper's): orphans are reaped, never the
+        // application or the warden, whose waiters need their exit status.
+        reaper::spawn(pid.into_iter().chain([warden.pid()]).collect());
         // Only the program: arguments can carry secrets.
         tracing::info!(pid, program = %args.command[0], "application started");
         let (exited_tx, mut exited) = tokio::sync::watch::channel(None);

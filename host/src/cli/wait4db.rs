@@ -15,6 +15,7 @@ use crate::jobs::{self, wait4db::NotReady, wait4db::Wait4db};
 use crate::metrics::Metrics;
 use crate::migrations;
 use crate::plugin::{Builtin, ComponentSource};
+use crate::readiness::Gate;
 
 #[derive(Debug, Args)]
 pub struct Wait4dbArgs {
@@ -104,8 +105,11 @@ pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupErr
 /// The migrations checks of `--migrated`, each on `database` alone: a probe for
 /// `--plan`, else the config's `builtin:migrations` probes granted `database`.
 fn migrations_probes(config: &Config, database: &str, plan: Option<&Path>) -> Vec<ProbeConfig> {
+    // Each on this database alone, and always gating: a job waits for what it
+    // was asked to wait for.
     let only = |mut probe: ProbeConfig| {
         probe.databases = vec![database.to_owned()];
+        probe.gate = Gate::Always;
         probe
     };
     if let Some(path) = plan {
@@ -125,6 +129,7 @@ fn migrations_probes(config: &Config, database: &str, plan: Option<&Path>) -> Ve
             memory: config::DEFAULT_PROBE_MEMORY,
             config: vec![("plan".to_owned(), path.display().to_string())],
             plan: Some(text),
+            gate: Gate::Always,
         })];
     }
     let probes: Vec<ProbeConfig> = config

@@ -19,6 +19,7 @@ pub use self::interpolate::{Env, ProcessEnv};
 pub use self::secrets::{mask_text, redact};
 use crate::db::ConnectOptions;
 use crate::plugin::{Builtin, ComponentSource, HttpOrigin, NetworkGrant};
+use crate::readiness::Gate;
 
 /// `server.listen` when not set.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -173,6 +174,8 @@ pub struct ProbeConfig {
     /// `builtin:migrations` with Django: the text of the plan file named by the
     /// `plan` setting, read when the config is loaded.
     pub plan: Option<String>,
+    /// How a failure gates readiness.
+    pub gate: Gate,
 }
 
 impl ProbeConfig {
@@ -431,6 +434,7 @@ fn default_probes(
             memory: DEFAULT_PROBE_MEMORY,
             config: Vec::new(),
             plan: None,
+            gate: Gate::Always,
         })
         .collect()
 }

@@ -16,6 +16,7 @@ use super::secrets::{mask_value, redact, secret_parts};
 use super::*;
 use crate::db::ConnectOptions;
 use crate::plugin::{Builtin, ComponentSource, HttpOrigin, NetworkGrant};
+use crate::readiness::Gate;
 
 /// Longest duration any setting accepts (deadlines are added to clock readings).
 const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -56,6 +57,7 @@ const CACHE_KEYS: &[&str] = &["servers", "timeout"];
 const MIGRATIONS_SETTINGS: &[&str] = &["tool", "plan", "head", "table"];
 const PROBE_KEYS: &[&str] = &[
     "component",
+    "gate",
     "databases",
     "caches",
     "network",
@@ -471,6 +473,7 @@ impl<'a> Parser<'a> {
                 .unwrap_or_default();
             let timeout = self.field(t, &key, "timeout", Self::duration);
             let memory = self.field(t, &key, "memory", Self::size);
+            let gate = self.field(t, &key, "gate", Self::gate);
             let config = match t.get("config") {
                 None => Vec::new(),
                 Some(i) => self.probe_settings(i, &format!("{key}.config")),
@@ -547,6 +550,7 @@ impl<'a> Parser<'a> {
                 memory: memory.unwrap_or(DEFAULT_PROBE_MEMORY),
                 config,
                 plan,
+                gate: gate.unwrap_or_default(),
             });
         }
         probes
@@ -1095,6 +1099,23 @@ impl<'a> Parser<'a> {
                 None
             }
         }
+    }
+
+    /// `gate = "always" | "startup" | "never"`.
+    fn gate(&mut self, item: &Item, key: &str) -> Option<Gate> {
+        let (value, span) = self.string(item, key)?;
+        let gate = Gate::from_name(&value);
+        if gate.is_none() {
+            self.problem(
+                span,
+                key,
+                format!(
+                    "unknown gate {value:?} (expected one of: {})",
+                    Gate::NAMES.join(", ")
+                ),
+            );
+        }
+        gate
     }
 
     /// Seconds as a number, or a string with units such as "800ms", "5s", "1m".

@@ -75,6 +75,7 @@ pub(super) fn render(config: &Config) -> String {
     for probe in &config.probes {
         let mut t = Table::new();
         t["component"] = value(probe.component.to_string());
+        t["gate"] = value(probe.gate.name());
         t["databases"] = value(strings(&probe.databases));
         t["caches"] = value(strings(&probe.caches));
         if !probe.network.is_empty() {

@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::lock::MigrationLock;
 use crate::child::{self, exit_code, signal_group};
+use crate::reaper;
 use crate::warden::{self, Warden};
 
 /// How often the lock's connection is checked while the command runs.
@@ -64,6 +65,7 @@ async fn supervise(
     command: &[String],
     warden: &mut Warden,
 ) -> (Ended, Option<u32>) {
+    reaper::adopt_orphans();
     let mut child = match spawn(command) {
         Ok(child) => child,
         Err(e) => {
@@ -77,6 +79,9 @@ async fn supervise(
     if let Some(pid) = pid {
         warden.watch(pid);
     }
+    // As a Job's entrypoint probehost is PID 1: reap the command's orphans,
+    // never the command itself or the warden.
+    reaper::spawn(pid.into_iter().chain([warden.pid()]).collect());
     (watch_child(lock, &mut child, pid).await, pid)
 }
 

@@ -34,7 +34,7 @@ use crate::config::ServerConfig;
 use crate::metrics::{Metrics, RouteLabel};
 use crate::plugin::ProbeRequest;
 use crate::proxy::{Body, Peer, Proxy, Tunnel, Upstream, text};
-use crate::readiness::{ProbeResult, Readiness, Verdict};
+use crate::readiness::{ProbeResult, Readiness, Standing, Verdict};
 
 /// Largest request head accepted (HTTP/1 buffer); beyond it, 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -327,7 +327,7 @@ async fn ready<B>(state: &AppState, request: &Request<B>, probe: Option<usize>) 
             };
             let failed = results
                 .iter()
-                .find(|r| !r.is_ready() && !query.exclude.contains(&r.name))
+                .find(|r| r.blocks() && !query.exclude.contains(&r.name))
                 .and_then(|r| r.failure.as_ref());
             let status = failed.map_or(StatusCode::OK, |(status, _)| status_code(*status));
             let body = match format {
@@ -392,19 +392,24 @@ fn verbose(results: &[Arc<ProbeResult>], exclude: &[String], detail: bool) -> St
     let mut body = String::new();
     let mut failed = false;
     for result in results {
-        let excluded = exclude.contains(&result.name);
-        match (&result.failure, excluded) {
-            (None, false) => body.push_str(&format!("[+]{} ok\n", result.name)),
-            (_, true) => body.push_str(&format!("[+]{} excluded: ok\n", result.name)),
-            (Some((_, message)), false) => {
+        let name = &result.name;
+        let reason = match &result.failure {
+            Some((_, message)) if detail => message.as_str(),
+            _ => "reason withheld",
+        };
+        if exclude.contains(name) {
+            body.push_str(&format!("[+]{name} excluded: ok\n"));
+            continue;
+        }
+        match result.standing() {
+            Standing::Ready => body.push_str(&format!("[+]{name} ok\n")),
+            Standing::NotReady => {
                 failed = true;
-                let reason = if detail {
-                    message.as_str()
-                } else {
-                    "reason withheld"
-                };
-                body.push_str(&format!("[-]{} failed: {reason}\n", result.name));
+                body.push_str(&format!("[-]{name} failed: {reason}\n"));
             }
+            // Failing without gating readiness: its own mark, so that neither a
+            // reader nor a parser of `[+]`/`[-]` takes it for either.
+            Standing::Degraded => body.push_str(&format!("[!]{name} degraded: {reason}\n")),
         }
     }
     body.push_str(if failed {
@@ -419,11 +424,11 @@ fn json(results: &[Arc<ProbeResult>], exclude: &[String], age: Duration, detail:
     let probes: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
-            let excluded = exclude.contains(&r.name);
-            let status = match (&r.failure, excluded) {
-                (_, true) => "excluded",
-                (None, false) => "ok",
-                (Some(_), false) => "failed",
+            let status = match r.standing() {
+                _ if exclude.contains(&r.name) => "excluded",
+                Standing::Ready => "ok",
+                Standing::NotReady => "failed",
+                Standing::Degraded => "degraded",
             };
             let mut probe = serde_json::json!({
                 "name": r.name,
@@ -439,11 +444,17 @@ fn json(results: &[Arc<ProbeResult>], exclude: &[String], age: Duration, detail:
             probe
         })
         .collect();
-    let ready = results
-        .iter()
-        .all(|r| r.is_ready() || exclude.contains(&r.name));
+    let counted = || results.iter().filter(|r| !exclude.contains(&r.name));
+    let status = if counted().any(|r| r.blocks()) {
+        "not ready"
+    } else if counted().any(|r| r.standing() == Standing::Degraded) {
+        // Ready (200), with a failing probe whose gate lets it pass.
+        "degraded"
+    } else {
+        "ready"
+    };
     serde_json::json!({
-        "status": if ready { "ready" } else { "not ready" },
+        "status": status,
         "probes": probes,
         "age_ms": age.as_secs_f64() * 1000.0,
     })

@@ -34,12 +34,28 @@ pub fn request(address: SocketAddr, method: &str, path: &str) -> Response {
         .unwrap_or_else(|e| panic!("{method} {path} at {address}: {e}"))
 }
 
+/// `GET path` with extra header lines (`"Accept: application/json"`).
+pub fn get_with(address: SocketAddr, path: &str, headers: &[&str]) -> Response {
+    try_request_with(address, "GET", path, headers)
+        .unwrap_or_else(|e| panic!("GET {path} at {address}: {e}"))
+}
+
 /// `GET path`, or why there was no answer (refused, reset, not HTTP).
 pub fn try_get(address: SocketAddr, path: &str) -> Result<Response, String> {
     try_request(address, "GET", path)
 }
 
 fn try_request(address: SocketAddr, method: &str, path: &str) -> Result<Response, String> {
+    try_request_with(address, method, path, &[])
+}
+
+fn try_request_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> Result<Response, String> {
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .map_err(|e| format!("connecting: {e}"))?;
@@ -48,7 +64,7 @@ fn try_request(address: SocketAddr, method: &str, path: &str) -> Result<Response
         .unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nX-Probe: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nX-Probe: test\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("sending: {e}"))?;
     let mut raw = Vec::new();

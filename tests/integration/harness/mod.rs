@@ -22,9 +22,11 @@ use std::time::Duration;
 
 pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
-pub use http::{Response, get, request, try_get};
+pub use http::{Response, get, get_with, request, try_get};
 pub use private::{Memcached, PrivateServer};
-pub use process::{Background, Output, Server, has_ended, probehost, process_state, run};
+pub use process::{
+    Background, Output, Server, has_ended, probehost, process_state, run, zombies_of,
+};
 pub use python::python_redis_probe;
 pub use upstream::Upstream;
 

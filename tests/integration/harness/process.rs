@@ -243,6 +243,12 @@ impl Background {
         })
     }
 
+    /// How often `text` occurs in stdout and stderr so far.
+    pub fn count(&self, text: &str) -> usize {
+        self.stdout.lock().unwrap().matches(text).count()
+            + self.stderr.lock().unwrap().matches(text).count()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -308,4 +314,27 @@ pub fn process_state(pid: &str) -> Option<String> {
 /// Whether process `pid` has ended (gone, or a zombie).
 pub fn has_ended(pid: &str) -> bool {
     matches!(process_state(pid).as_deref(), None | Some("Z"))
+}
+
+/// The zombies whose parent is `parent`: processes that ended and that nobody
+/// has waited for.
+pub fn zombies_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            state == Some("Z") && ppid == Some(parent)
+        })
+        .collect()
 }
