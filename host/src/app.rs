@@ -105,7 +105,10 @@ pub fn build_evaluator(
         .databases
         .iter()
         .map(|d| {
-            let db = Database::new(&d.name, &d.options, d.connect_timeout, d.query_timeout);
+            let mut db = Database::new(&d.name, &d.options, d.connect_timeout, d.query_timeout);
+            if d.require_primary {
+                db = db.requiring_writable_file();
+            }
             (d.name.as_str(), Arc::new(db))
         })
         .collect();

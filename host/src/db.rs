@@ -278,6 +278,10 @@ pub struct Database {
     permits: tokio::sync::Semaphore,
     connect_timeout: Duration,
     query_timeout: Duration,
+    /// SQLite with `require = "primary"`: every query first checks that the
+    /// file and its directory can be written, which SQLite itself only finds
+    /// out at the first write.
+    writable_file: bool,
 }
 
 #[derive(Debug)]
@@ -301,7 +305,33 @@ impl Database {
             permits: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
             connect_timeout,
             query_timeout,
+            writable_file: false,
         }
+    }
+
+    /// For `require = "primary"` on SQLite: a file that cannot be written (a
+    /// read-only mount, a read-only file) fails every query with a
+    /// `read-only:` error, so `builtin:database` can say so.
+    pub fn requiring_writable_file(mut self) -> Database {
+        self.writable_file = self.options.sqlite_file().is_some();
+        self
+    }
+
+    /// Why the SQLite file cannot be written, if it cannot.
+    fn unwritable(&self) -> Option<String> {
+        use rustix::fs::{Access, access};
+        let file = self.options.sqlite_file()?;
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        // The directory too: SQLite writes its journal beside the file.
+        let checks = [Some(file).filter(|f| f.exists()), Some(dir)];
+        checks.into_iter().flatten().find_map(|path| {
+            access(path, Access::WRITE_OK)
+                .err()
+                .map(|e| format!("read-only: {} is not writable ({e})", path.display()))
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -323,6 +353,11 @@ impl Database {
         params: &[Value],
         budget: Duration,
     ) -> Result<Rows, DbError> {
+        if self.writable_file
+            && let Some(reason) = self.unwritable()
+        {
+            return Err(DbError::Query(reason));
+        }
         let limit = budget.min(self.connect_timeout + self.query_timeout);
         let deadline = Instant::now() + limit;
         let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, self.permits.acquire()).await

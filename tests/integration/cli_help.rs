@@ -24,6 +24,7 @@ const COMMANDS: &[&[&str]] = &[
     &["plugin", "check"],
     &["plugin", "new"],
     &["precompile"],
+    &["wait"],
     &["wait4db"],
     &["ensureadmin"],
     &["lockedmigrate"],

@@ -346,7 +346,7 @@ fn wait4db_migrated_times_out_on_an_unmigrated_database_naming_why() {
     assert!(
         output
             .stderr
-            .ends_with("Database is not migrated: migrations: not migrated yet\n"),
+            .ends_with("Database did not become ready: migrations: not migrated yet\n"),
         "{output:?}"
     );
 

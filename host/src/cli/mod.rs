@@ -22,6 +22,7 @@ mod precompile;
 mod probe;
 mod run;
 mod serve;
+mod wait;
 mod wait4db;
 
 use std::io::Write;
@@ -43,6 +44,7 @@ pub use plugin::PluginCommand;
 pub use probe::{ProbeArgs, ProbeMode};
 pub use run::RunArgs;
 pub use serve::ServeArgs;
+pub use wait::WaitArgs;
 pub use wait4db::Wait4dbArgs;
 
 /// Exit codes.
@@ -122,6 +124,9 @@ pub enum Command {
     /// cache (for image builds and init containers), so the first readiness
     /// check pays no compile.
     Precompile,
+    /// Wait until readiness probes (every one, or those named) have passed for a
+    /// stability window: one init container for every dependency.
+    Wait(WaitArgs),
     /// Waits for the database to be ready before exiting.
     Wait4db(Wait4dbArgs),
     /// Ensures that a Django superuser exists with credentials from environment
@@ -148,6 +153,8 @@ impl Command {
             // An exec probe's output is its answer; keep the probes' own log
             // lines out of it unless asked for.
             Command::Probe(_) => "warn,probehost::guest=off",
+            // Its progress lines name every failure already.
+            Command::Wait(_) => "warn,probehost::guest=off,probehost::readiness=error",
             Command::Config(_)
             | Command::Plugin(_)
             | Command::Wait4db(_)
@@ -165,6 +172,7 @@ impl Command {
             Command::Config(command) => config::exec(global, command),
             Command::Plugin(command) => plugin::exec(command),
             Command::Precompile => precompile::exec(global),
+            Command::Wait(args) => wait::exec(global, args),
             Command::Wait4db(args) => wait4db::exec(global, args),
             Command::Ensureadmin(args) => ensureadmin::exec(global, args),
             Command::Lockedmigrate(args) => lockedmigrate::exec(global, args),

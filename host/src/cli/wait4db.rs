@@ -1,7 +1,8 @@
 //! `probehost wait4db [-t 180] [-s 5] [-i 1] [-d default]`: wait until the
 //! database has answered `SELECT 1` for a stability window, with the original's
 //! flags, messages and exit codes. With `--migrated` (or `--plan FILE`), also
-//! until the migrations check of `builtin:migrations` passes.
+//! until the migrations check of `builtin:migrations` passes; with
+//! `--primary`, until the database accepts writes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +58,10 @@ pub struct Wait4dbArgs {
     /// probes (implies --migrated)
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Also wait until the database accepts writes: a primary, not a standby or a
+    /// read-only server (as builtin:database checks `require = "primary"`)
+    #[arg(long)]
+    pub primary: bool,
 }
 
 pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupError> {
@@ -71,21 +76,31 @@ pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupErr
     let config = load_config(global)?;
     let db = jobs::database(&config, &args.database)?;
     let runtime = super::current_thread_runtime("job")?;
-    let migrated = if args.migrated || args.plan.is_some() {
-        let probes = migrations_probes(&config, &args.database, args.plan.as_deref());
+    let mut probes = Vec::new();
+    if args.primary {
+        probes.push(primary_probe(&config, &args.database));
+    }
+    if args.migrated || args.plan.is_some() {
+        probes.extend(migrations_probes(
+            &config,
+            &args.database,
+            args.plan.as_deref(),
+        ));
+    }
+    let checks = if probes.is_empty() {
+        None
+    } else {
         let checks = Config {
             probes,
             ..config.clone()
         };
         let metrics = Arc::new(Metrics::new(checks.probes.iter().map(|p| p.name.as_str())));
         Some(app::build_evaluator(&checks, runtime.handle(), metrics)?)
-    } else {
-        None
     };
     let result = runtime.block_on(jobs::wait4db::wait4db(
         db,
         settings,
-        migrated.as_ref(),
+        checks.as_ref(),
         &mut std::io::stdout(),
         &mut std::io::stderr(),
     ));
@@ -95,10 +110,29 @@ pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupErr
             error("Could not establish database connection");
             Ok(exit::FAILURE)
         }
-        Err(NotReady::Migrations(cause)) => {
-            error(&format!("Database is not migrated: {cause}"));
+        Err(NotReady::Checks(cause)) => {
+            error(&format!("Database did not become ready: {cause}"));
             Ok(exit::FAILURE)
         }
+    }
+}
+
+/// `--primary`: builtin:database on `database` alone, which must accept writes.
+fn primary_probe(config: &Config, database: &str) -> ProbeConfig {
+    ProbeConfig {
+        name: "primary".to_owned(),
+        component: ComponentSource::Builtin(Builtin::Database),
+        component_location: None,
+        databases: vec![database.to_owned()],
+        caches: Vec::new(),
+        network: Vec::new(),
+        http: Vec::new(),
+        timeout: config.readiness.timeout,
+        memory: config::DEFAULT_PROBE_MEMORY,
+        config: Vec::new(),
+        plan: None,
+        gate: Gate::Always,
+        primary: vec![database.to_owned()],
     }
 }
 
@@ -130,6 +164,7 @@ fn migrations_probes(config: &Config, database: &str, plan: Option<&Path>) -> Ve
             config: vec![("plan".to_owned(), path.display().to_string())],
             plan: Some(text),
             gate: Gate::Always,
+            primary: Vec::new(),
         })];
     }
     let probes: Vec<ProbeConfig> = config

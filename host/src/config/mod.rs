@@ -143,6 +143,9 @@ pub struct DatabaseConfig {
     pub options: ConnectOptions,
     pub connect_timeout: Duration,
     pub query_timeout: Duration,
+    /// `require = "primary"`: `builtin:database` also checks that the server
+    /// accepts writes (not a standby, not read-only).
+    pub require_primary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,11 +179,28 @@ pub struct ProbeConfig {
     pub plan: Option<String>,
     /// How a failure gates readiness.
     pub gate: Gate,
+    /// `builtin:database`: the granted aliases that must be a writable primary
+    /// (`require = "primary"`); the component gets them as its `primary` setting.
+    pub primary: Vec<String>,
+}
+
+/// The aliases among `granted` whose database has `require = "primary"`.
+pub(crate) fn primary_among(databases: &[DatabaseConfig], granted: &[String]) -> Vec<String> {
+    granted
+        .iter()
+        .filter(|name| {
+            databases
+                .iter()
+                .any(|d| &d.name == *name && d.require_primary)
+        })
+        .cloned()
+        .collect()
 }
 
 impl ProbeConfig {
     /// The settings the component sees: its own, with the plan file's text in
-    /// place of its path (a component has no filesystem).
+    /// place of its path (a component has no filesystem), and for
+    /// `builtin:database` the aliases that must be a primary.
     pub fn component_settings(&self) -> Vec<(String, String)> {
         let mut settings = self.config.clone();
         if let Some(text) = &self.plan {
@@ -189,6 +209,10 @@ impl ProbeConfig {
                     value.clone_from(text);
                 }
             }
+        }
+        if !self.primary.is_empty() {
+            settings.retain(|(key, _)| key != "primary");
+            settings.push(("primary".to_owned(), self.primary.join(" ")));
         }
         settings
     }
@@ -418,6 +442,13 @@ fn default_probes(
         .into_iter()
         .map(|builtin| ProbeConfig {
             name: builtin.name().to_owned(),
+            primary: match builtin {
+                Builtin::Database => {
+                    let all: Vec<String> = databases.iter().map(|d| d.name.clone()).collect();
+                    primary_among(databases, &all)
+                }
+                _ => Vec::new(),
+            },
             component: ComponentSource::Builtin(builtin),
             component_location: None,
             databases: match builtin {

@@ -51,7 +51,7 @@ const SERVER_KEYS: &[&str] = &[
 /// `sun_path` holds 108 bytes, the last a NUL.
 const MAX_SOCKET_PATH: usize = 107;
 const READINESS_KEYS: &[&str] = &["timeout", "cache_ttl", "interval"];
-const DATABASE_KEYS: &[&str] = &["url", "connect_timeout", "query_timeout"];
+const DATABASE_KEYS: &[&str] = &["url", "connect_timeout", "query_timeout", "require"];
 const CACHE_KEYS: &[&str] = &["servers", "timeout"];
 /// The settings `builtin:migrations` reads from `[probes.NAME.config]`.
 const MIGRATIONS_SETTINGS: &[&str] = &["tool", "plan", "head", "table"];
@@ -351,6 +351,7 @@ impl<'a> Parser<'a> {
             let url = self.required(t, entry.span(), &key, "url", Self::string);
             let connect_timeout = self.field(t, &key, "connect_timeout", Self::duration);
             let query_timeout = self.field(t, &key, "query_timeout", Self::duration);
+            let require_primary = self.field(t, &key, "require", Self::require);
             if let Some(((url, _), span)) = url {
                 match ConnectOptions::parse(&url) {
                     Ok(options) => databases.push(DatabaseConfig {
@@ -359,6 +360,7 @@ impl<'a> Parser<'a> {
                         options,
                         connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                         query_timeout: query_timeout.unwrap_or(DEFAULT_QUERY_TIMEOUT),
+                        require_primary: require_primary.unwrap_or(false),
                     }),
                     Err(e) => self.problem(
                         span,
@@ -392,6 +394,7 @@ impl<'a> Parser<'a> {
                 options,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 query_timeout: DEFAULT_QUERY_TIMEOUT,
+                require_primary: false,
             }),
             Err(e) => {
                 self.problem(span, key, format!("invalid database URL: {e}"));
@@ -538,8 +541,13 @@ impl<'a> Parser<'a> {
                     ),
                 }
             }
+            let primary = match bundled {
+                Some(Builtin::Database) => primary_among(databases, &granted_databases),
+                _ => Vec::new(),
+            };
             probes.push(ProbeConfig {
                 name: name.to_owned(),
+                primary,
                 component,
                 component_location: self.location(span),
                 databases: granted_databases,
@@ -1095,6 +1103,24 @@ impl<'a> Parser<'a> {
                     span_of("tool"),
                     &format!("{key}.tool"),
                     format!("unknown tool {other:?} (expected \"django\" or \"alembic\")"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `require = "primary"` (or `"any"`, the default): whether the database
+    /// must accept writes to count as ready. Returns whether it must.
+    fn require(&mut self, item: &Item, key: &str) -> Option<bool> {
+        let (value, span) = self.string(item, key)?;
+        match value.as_str() {
+            "primary" => Some(true),
+            "any" => Some(false),
+            _ => {
+                self.problem(
+                    span,
+                    key,
+                    format!("unknown requirement {value:?} (expected \"primary\" or \"any\")"),
                 );
                 None
             }

@@ -56,6 +56,7 @@ pub(super) fn render(config: &Config) -> String {
         t["url"] = value(mask_url(&db.url));
         t["connect_timeout"] = value(duration(db.connect_timeout));
         t["query_timeout"] = value(duration(db.query_timeout));
+        t["require"] = value(if db.require_primary { "primary" } else { "any" });
         databases[&db.name] = Item::Table(t);
     }
     doc["databases"] = Item::Table(databases);

@@ -1,5 +1,5 @@
 //! `wait4db`: wait until `SELECT 1` has kept succeeding for a stability window
-//! (and, with `--migrated`, the migrations check with it).
+//! (and, with `--migrated` or `--primary`, those checks with it).
 //!
 //! The original's messages and exit codes, without its flaws: a connection that
 //! drops is replaced on the next attempt (and the window starts again), and no
@@ -44,24 +44,26 @@ impl Wait4db {
 pub enum NotReady {
     /// The database never answered for long enough.
     Database,
-    /// It answered, but the last check found migrations pending (`--migrated`).
-    Migrations(String),
+    /// It answered, but the last of the further checks (`--migrated`,
+    /// `--primary`) did not pass, for this reason.
+    Checks(String),
 }
 
 /// One failed attempt.
 enum Failure {
     /// The connection or `SELECT 1` failed: reconnect next time.
     Database(String),
-    /// The database answered, the migrations check did not pass.
-    Migrations(String),
+    /// The database answered, a further check did not pass.
+    Checks(String),
 }
 
-/// Wait for `db`, and with `migrated` for its migrations check to pass too.
+/// Wait for `db`, and with `checks` (the probes of `--migrated` and
+/// `--primary`) for them to pass too.
 /// Progress goes to `out` (successes) and `err` (failures).
 pub async fn wait4db(
     db: &DatabaseConfig,
     settings: Wait4db,
-    migrated: Option<&Arc<Evaluator>>,
+    checks: Option<&Arc<Evaluator>>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<(), NotReady> {
@@ -79,10 +81,10 @@ pub async fn wait4db(
         // Bounded by the connect timeout and by what is left of the overall timeout.
         let budget = db.connect_timeout.min(remaining);
         let result = match attempt(db, &mut connection, budget).await {
-            Ok(()) => match migrated {
+            Ok(()) => match checks {
                 Some(evaluator) => match evaluator.evaluate(None).await {
                     Verdict::Ready => Ok(()),
-                    Verdict::NotReady { message, .. } => Err(Failure::Migrations(message)),
+                    Verdict::NotReady { message, .. } => Err(Failure::Checks(message)),
                 },
                 None => Ok(()),
             },
@@ -111,8 +113,8 @@ pub async fn wait4db(
                         last_failure = NotReady::Database;
                         cause
                     }
-                    Failure::Migrations(cause) => {
-                        last_failure = NotReady::Migrations(cause.clone());
+                    Failure::Checks(cause) => {
+                        last_failure = NotReady::Checks(cause.clone());
                         cause
                     }
                 };

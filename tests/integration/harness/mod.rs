@@ -11,6 +11,7 @@ pub mod django;
 mod fault;
 mod http;
 mod private;
+mod private_db;
 mod process;
 mod python;
 mod upstream;
@@ -24,6 +25,7 @@ pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
 pub use http::{Response, get, get_with, request, try_get};
 pub use private::{Memcached, PrivateServer};
+pub use private_db::{PostgresPair, ReadOnlyMariaDb};
 pub use process::{
     Background, Output, Server, has_ended, probehost, process_state, run, zombies_of,
 };
