@@ -11,7 +11,7 @@
 #   - PostgreSQL on 127.0.0.1:5432 and MariaDB on 127.0.0.1:3306, started with
 #     the usual Debian commands if they are installed but stopped
 #   - Redis on 127.0.0.1:6379 (installed with apt-get when missing)
-#   - .venv: Django, psycopg and PyMySQL from PyPI, for the Django fixture, and
+#   - .venv: Django, psycopg, PyMySQL and gunicorn from PyPI, for the Django fixture, and
 #     componentize-py, which builds Python probes
 
 set -euo pipefail
@@ -114,7 +114,7 @@ fi
 
 # --- the Django fixture's Python environment ----------------------------------
 cd "$(dirname "$0")/.."
-if ! .venv/bin/python -c 'import django, psycopg, pymysql' >/dev/null 2>&1; then
+if ! .venv/bin/python -c 'import django, psycopg, pymysql, gunicorn' >/dev/null 2>&1; then
     say "installing the Django fixture's Python packages into .venv"
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/django/requirements.txt

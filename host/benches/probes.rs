@@ -19,6 +19,8 @@
 //! | start to first ready answer, Redis probe, Rust and Python | the same after `probehost precompile` |
 //! | `/livez` throughput (16 connections) and fresh-connection p99 with 1,000 stalled readers | the same server without them |
 //! | resident memory 30 s after 1,100 connections x 100 stuck HTTP/2 streams close (and at the peak) | the same server before them |
+//! | `/readyz` p50 with the database's port closed (`PROBEHOST_BENCH=refused`) | the same with PostgreSQL up |
+//! | proxy mode: `/livez` and `/readyz` p50 and p99 with 200 slow requests in flight and both gunicorn workers busy (`PROBEHOST_BENCH=busy`) | the same with the application idle |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
 //! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
@@ -88,6 +90,7 @@ fn main() {
         Ok("stalled") => return stalled_readers(&rt, &dir),
         Ok("h2") => return stuck_http2_streams(&rt, &dir),
         Ok("refused") => return refused_readyz(&rt, &dir),
+        Ok("busy") => return busy_application(&rt, &dir),
         _ => {}
     }
 
@@ -141,6 +144,7 @@ fn main() {
     server.stop();
 
     refused_readyz(&rt, &dir);
+    busy_application(&rt, &dir);
 
     // /livez with 1,000 clients that never read their answers holding
     // connections, against the same server without them.
@@ -702,6 +706,13 @@ async fn latencies(address: SocketAddr, path: &str) -> Duration {
 
 /// p50 latency of `path` at one connection, whose answer ends with `body`.
 async fn latencies_answering(address: SocketAddr, path: &str, body: &[u8]) -> Duration {
+    let samples = latency_samples(address, path, body).await;
+    samples[samples.len() / 2]
+}
+
+/// Latencies of `path` at one keep-alive connection, whose answer ends with
+/// `body`, sorted.
+async fn latency_samples(address: SocketAddr, path: &str, body: &[u8]) -> Vec<Duration> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -721,7 +732,8 @@ async fn latencies_answering(address: SocketAddr, path: &str, body: &[u8]) -> Du
         assert!(roundtrip(&mut stream, &request, &mut buffer).await);
         samples.push(started.elapsed());
     }
-    median(samples)
+    samples.sort();
+    samples
 }
 
 /// p50 of what the bundled probes do, done directly: `SELECT 1` on a pooled
@@ -1014,4 +1026,109 @@ fn refused_readyz(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
     );
     up.stop();
     refused.stop();
+}
+
+/// Proxy mode in front of gunicorn (2 sync workers, the Django fixture) whose
+/// workers are all busy: 200 requests that sleep are in flight while the probes
+/// are asked, against the same probes with the application idle.
+fn busy_application(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
+    const SLOW: usize = 200;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let app_port = free_port();
+    let mut gunicorn = Command::new(format!("{root}/.venv/bin/gunicorn"))
+        .args([
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--timeout",
+            "120",
+        ])
+        .args([
+            "--backlog",
+            "2048",
+            "--bind",
+            &format!("127.0.0.1:{app_port}"),
+        ])
+        .arg("fixture.wsgi")
+        .current_dir(format!("{root}/tests/django"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("app.sqlite3").display()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gunicorn in .venv (scripts/setup.sh)");
+    let app: SocketAddr = format!("127.0.0.1:{app_port}").parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(app).is_err() {
+        assert!(Instant::now() < until, "gunicorn did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut server = serve_with(
+        dir,
+        "busy.toml",
+        &format!("upstream = \"http://{app}\"\n"),
+        &format!(
+            "[databases.default]\nurl = {POSTGRES:?}\n[caches.default]\nservers = [{MEMCACHED:?}]\n"
+        ),
+    );
+    let measure = |rt: &tokio::runtime::Runtime| {
+        let live = rt.block_on(latency_samples(server.address, "/livez", b"Ok"));
+        let ready = rt.block_on(latency_samples(server.address, "/readyz", b"Ok"));
+        (live, ready)
+    };
+    let (idle_live, idle_ready) = measure(rt);
+
+    // 200 requests that each keep a worker asleep for 30 s: 2 run, the rest
+    // queue in gunicorn's backlog. Closed (and gunicorn stopped) afterwards.
+    let slow: Vec<std::net::TcpStream> = (0..SLOW)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(server.address).unwrap();
+            std::io::Write::write_all(
+                &mut stream,
+                b"GET /slow/?seconds=30 HTTP/1.1\r\nHost: bench\r\n\r\n",
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (busy_live, busy_ready) = measure(rt);
+    // Still in flight: nothing was answered while the probes were measured.
+    let answered = slow
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            s.peek(&mut [0u8; 1]).is_ok()
+        })
+        .count();
+    println!(
+        "busy application: {SLOW} slow requests in flight, {answered} answered while measuring"
+    );
+    let p = |samples: &[Duration], q: usize| samples[samples.len() * q / 100];
+    for (name, idle, busy) in [
+        ("/livez", &idle_live, &busy_live),
+        ("/readyz", &idle_ready, &busy_ready),
+    ] {
+        report(
+            &format!("{name} p50, every worker busy"),
+            micros(p(busy, 50)),
+            micros(p(idle, 50)),
+            "µs",
+            "",
+        );
+        report(
+            &format!("{name} p99, every worker busy"),
+            micros(p(busy, 99)),
+            micros(p(idle, 99)),
+            "µs",
+            "[ratio <= 2.0]",
+        );
+    }
+    drop(slow);
+    server.stop();
+    let _ = gunicorn.kill();
+    let _ = gunicorn.wait();
 }

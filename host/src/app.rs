@@ -196,7 +196,7 @@ pub fn build_state(
         readiness,
         metrics,
         upstream,
-        verbose: config.server.verbose,
+        detail: config.server.verbose,
         lifecycle,
     }))
 }

@@ -142,6 +142,8 @@ impl Upstream {
 /// per connection, not per request.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// Whether the client is on this machine (or in this pod).
+    pub loopback: bool,
     /// `X-Forwarded-For` when the request brings none.
     forwarded_for: HeaderValue,
     /// `Forwarded` when the request brings none.
@@ -152,6 +154,7 @@ impl Peer {
     pub fn new(address: SocketAddr) -> Peer {
         let ip = address.ip().to_canonical();
         Peer {
+            loopback: ip.is_loopback(),
             forwarded_for: header_value(ip.to_string()),
             forwarded: header_value(format!("for={};proto=http", forwarded_node(ip))),
         }

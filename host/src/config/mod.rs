@@ -119,10 +119,23 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Threads serving connections (default: one per CPU the process may use).
     pub threads: usize,
-    /// Whether `?verbose` and JSON answers include probes' messages.
-    pub verbose: bool,
+    /// Who sees the probes' messages in `?verbose` and JSON answers.
+    pub verbose: Detail,
     /// `run`: liveness also needs the upstream port to accept connections.
     pub liveness_upstream: bool,
+}
+
+/// Who sees the probes' messages in `?verbose` and JSON answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Everyone (`server.verbose = true`; the default without an upstream).
+    Everywhere,
+    /// Only the probe socket and loopback connections that were not forwarded
+    /// by a proxy: the default in proxy mode, where the probe paths are
+    /// reachable through the ingress.
+    Local,
+    /// Nobody (`server.verbose = false`).
+    Nowhere,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

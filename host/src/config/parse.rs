@@ -245,7 +245,15 @@ impl<'a> Parser<'a> {
                 .and_then(|i| parser.boolean(i, &format!("server.{key}")))
                 .unwrap_or(default)
         };
-        let verbose = flag(self, "verbose", true);
+        let verbose = match table
+            .and_then(|t| t.get("verbose"))
+            .and_then(|i| self.boolean(i, "server.verbose"))
+        {
+            Some(true) => Detail::Everywhere,
+            Some(false) => Detail::Nowhere,
+            None if upstream.is_some() => Detail::Local,
+            None => Detail::Everywhere,
+        };
         let liveness_upstream = flag(self, "liveness_upstream", false);
         if liveness_upstream && upstream.is_none() {
             let span = table

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml_edit::{Array, DocumentMut, Item, Table, value};
 
-use super::{Config, PasswordValidator};
+use super::{Config, Detail, PasswordValidator};
 use crate::readiness::format_size;
 
 use super::secrets::{MASK, is_secret_key, mask_text, mask_url};
@@ -34,7 +34,12 @@ pub(super) fn render(config: &Config) -> String {
     server["send_timeout"] = value(duration(s.send_timeout));
     server["max_connections"] = value(i64::try_from(s.max_connections).unwrap_or(i64::MAX));
     server["threads"] = value(i64::try_from(s.threads).unwrap_or(i64::MAX));
-    server["verbose"] = value(s.verbose);
+    match s.verbose {
+        Detail::Everywhere => server["verbose"] = value(true),
+        Detail::Nowhere => server["verbose"] = value(false),
+        // Unset: the proxy-mode default, which no value writes.
+        Detail::Local => {}
+    }
     server["liveness_upstream"] = value(s.liveness_upstream);
     doc["server"] = Item::Table(server);
 

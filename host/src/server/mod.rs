@@ -30,7 +30,7 @@ mod socket;
 use guard::{Action, Guard, GuardedBody, GuardedIo};
 pub use socket::ProbeSocket;
 
-use crate::config::ServerConfig;
+use crate::config::{Detail, ServerConfig};
 use crate::metrics::{Metrics, RouteLabel};
 use crate::plugin::ProbeRequest;
 use crate::proxy::{Body, Peer, Proxy, Tunnel, Upstream, text};
@@ -234,8 +234,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Proxy mode: the application. Each serving thread makes its own client.
     pub upstream: Option<Upstream>,
-    /// Whether verbose and JSON answers include the probes' messages.
-    pub verbose: bool,
+    /// Who sees the probes' messages in verbose and JSON answers.
+    pub detail: Detail,
     pub lifecycle: Lifecycle,
 }
 
@@ -245,21 +245,46 @@ enum Format {
     Plain,
     Verbose,
     Json,
+    /// The IETF draft "Health Check Response Format for HTTP APIs".
+    HealthJson,
 }
 
-/// Answer a request that is not for the application.
-pub async fn answer<B>(state: &AppState, request: &Request<B>, route: &Route) -> Response<Body> {
+/// Whether this request may see the probes' messages. With [`Detail::Local`],
+/// only on the probe socket (`peer` is `None`) and from loopback, and not for a
+/// request a proxy forwarded (a sidecar such as Envoy connects from loopback on
+/// behalf of anyone).
+fn shows_detail<B>(detail: Detail, peer: Option<&Peer>, request: &Request<B>) -> bool {
+    match detail {
+        Detail::Everywhere => true,
+        Detail::Nowhere => false,
+        Detail::Local => {
+            let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"]
+                .iter()
+                .any(|h| request.headers().contains_key(*h));
+            peer.is_none_or(|p| p.loopback) && !forwarded
+        }
+    }
+}
+
+/// Answer a request that is not for the application; `detail` says whether it
+/// may see the probes' messages.
+pub async fn answer<B>(
+    state: &AppState,
+    request: &Request<B>,
+    route: &Route,
+    detail: bool,
+) -> Response<Body> {
     let mut response = match route {
         Route::Health => match state.lifecycle.not_live().await {
             None => text(StatusCode::OK, "Ok"),
             Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
-        Route::Ready(probe) => ready(state, request, *probe).await,
+        Route::Ready(probe) => ready(state, request, *probe, detail).await,
         Route::Startup => {
             if state.readiness.has_passed() {
                 text(StatusCode::OK, "Ok")
             } else {
-                ready(state, request, None).await
+                ready(state, request, None, detail).await
             }
         }
         Route::Metrics => {
@@ -289,12 +314,19 @@ pub async fn answer<B>(state: &AppState, request: &Request<B>, route: &Route) ->
     response
 }
 
-async fn ready<B>(state: &AppState, request: &Request<B>, probe: Option<usize>) -> Response<Body> {
+async fn ready<B>(
+    state: &AppState,
+    request: &Request<B>,
+    probe: Option<usize>,
+    detail: bool,
+) -> Response<Body> {
     if state.lifecycle.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     let query = Query::parse(request.uri().query());
-    let format = if accepts_json(request) {
+    let format = if accepts(request, HEALTH_JSON) {
+        Format::HealthJson
+    } else if accepts(request, "application/json") {
         Format::Json
     } else if query.verbose {
         Format::Verbose
@@ -330,15 +362,22 @@ async fn ready<B>(state: &AppState, request: &Request<B>, probe: Option<usize>) 
                 .find(|r| r.blocks() && !query.exclude.contains(&r.name))
                 .and_then(|r| r.failure.as_ref());
             let status = failed.map_or(StatusCode::OK, |(status, _)| status_code(*status));
-            let body = match format {
-                Format::Json => json(&results, &query.exclude, age, state.verbose),
-                _ => verbose(&results, &query.exclude, state.verbose),
+            let (body, content_type) = match format {
+                Format::Json => (
+                    json(&results, &query.exclude, age, detail),
+                    Some("application/json"),
+                ),
+                Format::HealthJson => (
+                    health_json(&results, &query.exclude, detail),
+                    Some(HEALTH_JSON),
+                ),
+                _ => (verbose(&results, &query.exclude, detail), None),
             };
             let mut response = text(status, body);
-            if format == Format::Json {
+            if let Some(content_type) = content_type {
                 response
                     .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             }
             response
         }
@@ -349,13 +388,23 @@ fn status_code(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
-fn accepts_json<B>(request: &Request<B>) -> bool {
+/// The media type of the IETF draft "Health Check Response Format for HTTP
+/// APIs" (draft-inadarei-api-health-check).
+const HEALTH_JSON: &str = "application/health+json";
+
+/// Whether the request's `Accept` names `media_type`.
+fn accepts<B>(request: &Request<B>, media_type: &str) -> bool {
     request
         .headers()
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/json"))
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type))
+        })
 }
 
 /// The query parameters a readiness request understands.
@@ -461,6 +510,53 @@ fn json(results: &[Arc<ProbeResult>], exclude: &[String], age: Duration, detail:
     .to_string()
 }
 
+/// `application/health+json`: `pass`, `warn` (a degraded probe) or `fail`,
+/// with a check per probe keyed `NAME:responseTime` (the draft's
+/// `component:measurement`). Excluded probes are left out.
+fn health_json(results: &[Arc<ProbeResult>], exclude: &[String], detail: bool) -> String {
+    let counted: Vec<&Arc<ProbeResult>> = results
+        .iter()
+        .filter(|r| !exclude.contains(&r.name))
+        .collect();
+    let word = |standing: Standing| match standing {
+        Standing::Ready => "pass",
+        Standing::Degraded => "warn",
+        Standing::NotReady => "fail",
+    };
+    let mut checks = serde_json::Map::new();
+    for r in &counted {
+        let mut check = serde_json::json!({
+            "componentType": "component",
+            "observedValue": r.duration.as_secs_f64() * 1000.0,
+            "observedUnit": "ms",
+            "status": word(r.standing()),
+        });
+        if let Some((_, message)) = &r.failure
+            && detail
+        {
+            check["output"] = message.as_str().into();
+        }
+        checks.insert(
+            format!("{}:responseTime", r.name),
+            serde_json::json!([check]),
+        );
+    }
+    let status = counted
+        .iter()
+        .map(|r| r.standing())
+        .max_by_key(|s| match s {
+            Standing::Ready => 0,
+            Standing::Degraded => 1,
+            Standing::NotReady => 2,
+        })
+        .unwrap_or(Standing::Ready);
+    serde_json::json!({
+        "status": word(status),
+        "checks": checks,
+    })
+    .to_string()
+}
+
 fn probe_request<B>(request: &Request<B>) -> ProbeRequest {
     ProbeRequest {
         method: request.method().to_string(),
@@ -540,7 +636,10 @@ async fn handle(
             };
             proxy.forward(request, peer, tunnel).await
         }
-        _ => answer(state, &request, &route).await,
+        _ => {
+            let detail = shows_detail(state.detail, peer, &request);
+            answer(state, &request, &route, detail).await
+        }
     };
     state
         .metrics
@@ -961,6 +1060,39 @@ pub struct Listeners {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn local_detail_is_for_the_socket_and_unforwarded_loopback_only() {
+        let request = |headers: &[(&str, &str)]| {
+            let mut builder = Request::builder().uri("/readyz?verbose");
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(()).unwrap()
+        };
+        let peer = |address: &str| Peer::new(address.parse().unwrap());
+        let plain = request(&[]);
+        let local = |p: Option<&Peer>, r: &Request<()>| shows_detail(Detail::Local, p, r);
+        assert!(local(None, &plain), "the probe socket");
+        assert!(local(Some(&peer("127.0.0.1:5000")), &plain));
+        assert!(local(Some(&peer("[::1]:5000")), &plain));
+        assert!(local(Some(&peer("[::ffff:127.0.0.1]:5000")), &plain));
+        assert!(
+            !local(Some(&peer("10.1.2.3:5000")), &plain),
+            "the pod network"
+        );
+        assert!(!local(Some(&peer("[2001:db8::1]:5000")), &plain));
+        for header in ["forwarded", "x-forwarded-for", "x-real-ip"] {
+            let forwarded = request(&[(header, "for=203.0.113.7")]);
+            assert!(
+                !local(Some(&peer("127.0.0.1:5000")), &forwarded),
+                "{header}"
+            );
+        }
+        let remote = Some(peer("10.1.2.3:5000"));
+        assert!(shows_detail(Detail::Everywhere, remote.as_ref(), &plain));
+        assert!(!shows_detail(Detail::Nowhere, None, &plain));
+    }
 
     fn config(proxy: bool) -> ServerConfig {
         let env = std::collections::HashMap::new();

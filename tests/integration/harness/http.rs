@@ -92,3 +92,22 @@ fn parse(raw: &[u8], elapsed: Duration) -> Option<Response> {
         elapsed,
     })
 }
+
+/// A raw `GET path` over the Unix socket at `socket`, with extra header lines:
+/// status line and body.
+pub fn get_over_socket(socket: &std::path::Path, path: &str, headers: &[&str]) -> (String, String) {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use databases::{FreshDatabase, Kind, PgSession, settle};
 pub use fault::{FaultProxy, Mode};
-pub use http::{Response, get, get_with, request, try_get};
+pub use http::{Response, get, get_over_socket, get_with, request, try_get};
 pub use private::{Memcached, PrivateServer};
 pub use private_db::{PostgresPair, ReadOnlyMariaDb};
 pub use process::{

@@ -73,24 +73,6 @@ fn something_else_on_the_port_is_not_trusted() {
     );
 }
 
-/// A raw `GET path` over the Unix socket at `socket`: status line and body.
-fn get_over_socket(socket: &std::path::Path, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
-
 /// `server.socket`: the probe paths answer on a Unix socket too, which
 /// `probe --ready` asks first; it never reaches the application in proxy
 /// mode; the file is replaced when stale, refused when live or not a socket,
@@ -131,12 +113,12 @@ fn ready_is_answered_over_the_probe_socket() {
     assert!(!asked.stderr.contains("component"), "{}", asked.stderr);
 
     assert_eq!(
-        get_over_socket(&socket, "/readyz"),
+        get_over_socket(&socket, "/readyz", &[]),
         ("HTTP/1.1 200 OK".to_owned(), "Ok".to_owned())
     );
-    assert_eq!(get_over_socket(&socket, "/livez").1, "Ok");
+    assert_eq!(get_over_socket(&socket, "/livez", &[]).1, "Ok");
     // The socket is for probes: nothing on it reaches the application.
-    let (status, _) = get_over_socket(&socket, "/page");
+    let (status, _) = get_over_socket(&socket, "/page", &[]);
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     assert!(app.seen().is_empty(), "{:?}", app.seen());
     // Over TCP the same path is the application's.

@@ -21,17 +21,21 @@ fn behind_refusing_postgres(
     (postgres, dir, config)
 }
 
-fn two_probes(server_extra: &str) -> (TestDir, Server) {
-    let dir = TestDir::new();
-    let probes = format!(
+/// `alpha`, which is ready, and `beta`, which is not (`beta: down`).
+fn alpha_and_beta() -> String {
+    format!(
         "{}{}",
         test_probe("alpha", "action = \"ready\""),
         test_probe(
             "beta",
             "action = \"not-ready\", message = \"beta: down\", status = 503"
         )
-    );
-    let server = Server::start(&config(&dir, server_extra, &probes));
+    )
+}
+
+fn two_probes(server_extra: &str) -> (TestDir, Server) {
+    let dir = TestDir::new();
+    let server = Server::start(&config(&dir, server_extra, &alpha_and_beta()));
     (dir, server)
 }
 
@@ -254,4 +258,98 @@ fn json_logs_name_each_change_and_no_secret() {
         "{log}"
     );
     assert!(!log.contains("hunter2"), "a password is in the log:\n{log}");
+}
+
+/// Two probes (one failing) in proxy mode, with a probe socket.
+fn proxied(dir: &TestDir, upstream: &Upstream, server_extra: &str) -> Server {
+    let extra = format!(
+        "upstream = {:?}\nsocket = {:?}\n{server_extra}",
+        upstream.url(),
+        dir.path().join("probe.sock")
+    );
+    Server::start(&config(dir, &extra, &alpha_and_beta()))
+}
+
+const FORWARDED: &str = "X-Forwarded-For: 203.0.113.7";
+
+#[test]
+fn in_proxy_mode_probe_messages_are_shown_only_to_local_clients() {
+    let upstream = Upstream::start();
+    let dir = TestDir::new();
+    let server = proxied(&dir, &upstream, "");
+    let shown = "[+]alpha ok\n[-]beta failed: beta: down\nreadiness check failed\n";
+    let withheld = "[+]alpha ok\n[-]beta failed: reason withheld\nreadiness check failed\n";
+
+    // On loopback, and on the probe socket: shown.
+    assert_eq!(server.get("/readyz?verbose").body, shown);
+    let socket = dir.path().join("probe.sock");
+    assert_eq!(get_over_socket(&socket, "/readyz?verbose", &[]).1, shown);
+    // Through the ingress (a proxy says whom it forwards for): withheld, in
+    // verbose and in JSON alike.
+    let response = get_with(server.address, "/readyz?verbose", &[FORWARDED]);
+    assert_eq!((response.status, response.body.as_str()), (503, withheld));
+    let json = get_with(
+        server.address,
+        "/readyz",
+        &["Accept: application/json", FORWARDED],
+    );
+    let document: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    assert_eq!(document["probes"][1]["status"], "failed");
+    assert_eq!(document["probes"][1].get("message"), None, "{document}");
+    // The plain answer is the original's contract, for everyone.
+    let plain = get_with(server.address, "/readyz", &[FORWARDED]);
+    assert_eq!((plain.status, plain.body.as_str()), (503, "beta: down"));
+    // None of this reached the application.
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}
+
+#[test]
+fn server_verbose_true_shows_probe_messages_to_everyone() {
+    let upstream = Upstream::start();
+    let dir = TestDir::new();
+    let server = proxied(&dir, &upstream, "verbose = true");
+    let response = get_with(server.address, "/readyz?verbose", &[FORWARDED]);
+    assert_eq!(
+        response.body,
+        "[+]alpha ok\n[-]beta failed: beta: down\nreadiness check failed\n"
+    );
+}
+
+#[test]
+fn health_json_follows_the_ietf_draft() {
+    let (_dir, server) = two_probes("");
+    let response = get_with(
+        server.address,
+        "/readyz",
+        &["Accept: application/health+json"],
+    );
+    assert_eq!(response.status, 503);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/health+json")
+    );
+    let document: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(document["status"], "fail", "{document}");
+    let alpha = &document["checks"]["alpha:responseTime"][0];
+    assert_eq!(alpha["status"], "pass", "{document}");
+    assert_eq!(alpha["observedUnit"], "ms");
+    assert!(alpha["observedValue"].as_f64().is_some_and(|v| v >= 0.0));
+    let beta = &document["checks"]["beta:responseTime"][0];
+    assert_eq!(
+        (&beta["status"], &beta["output"]),
+        (&"fail".into(), &"beta: down".into())
+    );
+
+    let response = get_with(
+        server.address,
+        "/readyz?exclude=beta",
+        &["Accept: application/health+json"],
+    );
+    assert_eq!(response.status, 200);
+    let document: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(document["status"], "pass", "{document}");
+    assert_eq!(document["checks"].get("beta:responseTime"), None);
+    // The existing JSON is unchanged.
+    let (_, json) = json(&server, "/readyz");
+    assert_eq!(json["status"], "not ready");
 }

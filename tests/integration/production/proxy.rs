@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 
 use super::{config, test_probe};
+use crate::harness::django;
 use crate::harness::*;
 
 fn proxy(upstream: &str, server_extra: &str) -> (TestDir, Server) {
@@ -318,4 +319,119 @@ fn ambiguous_framing_cannot_smuggle_a_request() {
         Duration::from_secs(10),
     );
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+/// gunicorn serving the Django fixture with 2 sync workers on a free loopback
+/// port, its access log in `dir`.
+struct Gunicorn {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+    access_log: std::path::PathBuf,
+}
+
+impl Gunicorn {
+    fn start(dir: &TestDir) -> Gunicorn {
+        let address = closed_port();
+        let access_log = dir.path().join("access.log");
+        let child = std::process::Command::new(django::venv_bin().join("gunicorn"))
+            .args([
+                "--workers",
+                "2",
+                "--worker-class",
+                "sync",
+                "--timeout",
+                "120",
+            ])
+            .arg("--bind")
+            .arg(address.to_string())
+            .arg("--access-logfile")
+            .arg(&access_log)
+            .arg("fixture.wsgi")
+            .current_dir(django::project())
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("db.sqlite3").display()),
+            )
+            .env_remove("DJANGO_SETTINGS_MODULE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gunicorn in .venv (scripts/setup.sh installs it)");
+        assert!(
+            eventually(Duration::from_secs(30), || TcpStream::connect(address)
+                .is_ok()),
+            "gunicorn did not start listening on {address}"
+        );
+        Gunicorn {
+            child,
+            address,
+            access_log,
+        }
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn probes_are_answered_while_every_application_worker_is_busy() {
+    let dir = TestDir::new();
+    let gunicorn = Gunicorn::start(&dir);
+    let (_config_dir, server) = proxy(&format!("http://{}", gunicorn.address), "");
+    // The application answers, and logs what it sees.
+    let home = server.get("/");
+    assert_eq!(home.status, 200, "{home:?}");
+    assert!(home.body.contains("home\n"), "{home:?}");
+
+    // Both workers asleep for 20 s, and more requests queued behind them.
+    let slow: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.address).unwrap();
+            stream
+                .write_all(
+                    b"GET /slow/?seconds=20 HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    for _ in 0..20 {
+        for path in ["/livez", "/readyz", "/startupz"] {
+            let response = server.get(path);
+            assert_eq!(
+                (response.status, response.body.as_str()),
+                (200, "Ok"),
+                "{path}"
+            );
+        }
+    }
+    // Every probe was answered while no application request had been: none of
+    // the slow requests has an answer yet.
+    for mut stream in slow {
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let pending = matches!(
+            stream.read(&mut byte),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        assert!(
+            pending,
+            "a slow request was answered: the test did not keep the workers busy"
+        );
+    }
+    // The application never saw a probe: its access log has the page, no probe.
+    let log = std::fs::read_to_string(&gunicorn.access_log).unwrap();
+    assert!(log.contains("\"GET / HTTP/1.1\" 200"), "{log}");
+    for probe in ["/livez", "/readyz", "/startupz"] {
+        assert!(
+            !log.contains(probe),
+            "the application logged {probe}:\n{log}"
+        );
+    }
 }
