@@ -38,12 +38,19 @@ fn the_second_start_uses_the_compiled_component_cache() {
         "{log}"
     );
 
-    let entries = std::fs::read_dir(cache.join("v1"))
+    let entries: Vec<String> = std::fs::read_dir(cache.join("v2"))
         .unwrap()
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).unwrap())
-        .count();
-    assert_eq!(entries, 2, "one entry per component");
+        .flatten()
+        .filter_map(|e| Some(e.path().extension()?.to_str()?.to_owned()))
+        .collect();
+    let count = |kind: &str| entries.iter().filter(|e| *e == kind).count();
+    assert_eq!(
+        (count("cwasm"), count("sum")),
+        (2, 2),
+        "one entry and its digest per component: {entries:?}"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod deploy;
 mod fail_closed;
 mod gates;
 mod held_up;
+mod hostile;
 mod jobs;
 mod migrations;
 mod primary;

@@ -6,7 +6,10 @@
 //! through a temporary file and a rename so a reader never sees half an entry, and
 //! recompiled when an entry does not load. Because entries are native code that
 //! the host will run, the directory must belong to the user running probehost and
-//! must not be writable by anyone else; otherwise the cache is not used.
+//! must not be writable by anyone else (otherwise the cache is not used), and so
+//! must each entry. Each entry's digest, over the component's SHA-256 and the
+//! machine code, is recorded beside it when it is written and checked before the
+//! entry is loaded: a corrupted, truncated or swapped entry is compiled again.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -18,8 +21,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// Bumped when the layout of the cache directory changes.
-const LAYOUT_VERSION: &str = "v1";
+/// Bumped when the layout of the cache directory changes (v2: entries carry
+/// a recorded digest).
+const LAYOUT_VERSION: &str = "v2";
 
 /// Where a component's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,21 +70,25 @@ impl ArtifactCache {
     /// The compiled form of `wasm`: from the cache if a usable entry exists,
     /// otherwise compiled and stored.
     pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, Origin)> {
-        let path = self.entry_path(wasm);
-        if path.is_file() {
-            match deserialize(engine, &path) {
+        let key = Sha256::digest(wasm);
+        let (path, sum) = self.entry_paths(&key);
+        if path.exists() {
+            let loaded = verified(&path, &sum, &key)
+                .and_then(|code| deserialize_bytes(engine, &code).map_err(|e| format!("{e:#}")));
+            match loaded {
                 Ok(component) => return Ok((component, Origin::Cached)),
-                Err(e) => {
+                Err(reason) => {
                     tracing::warn!(
                         entry = %path.display(),
-                        "compiled component in cache is unusable, compiling again: {e:#}"
+                        "compiled component in cache is not used, compiling again: {reason}"
                     );
                     let _ = fs::remove_file(&path);
+                    let _ = fs::remove_file(&sum);
                 }
             }
         }
         let code = engine.precompile_component(wasm)?;
-        if let Err(e) = self.store(&path, &code) {
+        if let Err(e) = self.store(&path, &sum, &key, &code) {
             tracing::warn!(entry = %path.display(), "could not store compiled component: {e}");
         }
         // Load what was just compiled from memory; a failed store must not fail
@@ -89,38 +97,75 @@ impl ArtifactCache {
         Ok((component, Origin::Compiled))
     }
 
-    fn entry_path(&self, wasm: &[u8]) -> PathBuf {
-        self.dir
-            .join(format!("{}.cwasm", hex(&Sha256::digest(wasm))))
+    /// The entry for a component whose SHA-256 is `key`, and the file that
+    /// records the entry's digest.
+    fn entry_paths(&self, key: &[u8]) -> (PathBuf, PathBuf) {
+        let name = hex(key);
+        (
+            self.dir.join(format!("{name}.cwasm")),
+            self.dir.join(format!("{name}.sum")),
+        )
     }
 
-    fn store(&self, path: &Path, code: &[u8]) -> std::io::Result<()> {
+    /// Write the entry, then its digest, each through a temporary file and a
+    /// rename: an entry without its digest is never loaded.
+    fn store(&self, path: &Path, sum: &Path, key: &[u8], code: &[u8]) -> std::io::Result<()> {
+        self.write_private(path, code)?;
+        self.write_private(sum, hex(&entry_digest(key, code)).as_bytes())
+    }
+
+    fn write_private(&self, path: &Path, contents: &[u8]) -> std::io::Result<()> {
         let mut file = tempfile::Builder::new()
             .prefix(".incoming-")
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(&self.dir)?;
-        file.write_all(code)?;
+        file.write_all(contents)?;
         file.as_file().sync_all()?;
         file.persist(path).map_err(|e| e.error)?;
         Ok(())
     }
 }
 
-/// Map a cache entry. Safety rests on the entry being produced by
-/// `Engine::precompile_component` of a compatible engine, and on nobody else
-/// being able to write it: [`ArtifactCache::open`] checks the directory's owner
-/// and mode, and entries are created 0600 by this process.
-#[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: see above; wasmtime additionally verifies the artifact's header and
-    // engine compatibility before using it.
-    unsafe { Component::deserialize_file(engine, path) }
+/// What the digest of an entry covers: the component it was compiled from
+/// (its SHA-256, `key`) and the machine code, so an entry of another component
+/// put in its place does not match either.
+fn entry_digest(key: &[u8], code: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"probehost compiled component v1\0");
+    hasher.update(key);
+    hasher.update(code);
+    hasher.finalize().into()
 }
 
-/// Load machine code this process has just produced.
+/// The entry's bytes, if it is a regular file of this user that nobody else
+/// may write and its digest is the one recorded when it was written. The bytes
+/// checked are the bytes loaded: nothing can change between the two.
+fn verified(path: &Path, sum: &Path, key: &[u8]) -> Result<Vec<u8>, String> {
+    for file in [path, sum] {
+        let meta = fs::symlink_metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", file.display()));
+        }
+        check_private(file, &meta)?;
+    }
+    let recorded = fs::read_to_string(sum).map_err(|e| format!("{}: {e}", sum.display()))?;
+    let code = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if recorded.trim() != hex(&entry_digest(key, &code)) {
+        return Err(
+            "its digest is not the one recorded when it was written (replaced or corrupted)"
+                .to_owned(),
+        );
+    }
+    Ok(code)
+}
+
+/// Load machine code: produced by `engine.precompile_component` a moment ago,
+/// or a cache entry whose digest matches the one this process's user recorded
+/// when it wrote it ([`verified`]), in a directory only that user can write.
 #[allow(unsafe_code)]
 fn deserialize_bytes(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `code` came from `engine.precompile_component` a moment ago.
+    // SAFETY: see above; wasmtime additionally verifies the artifact's header
+    // and engine compatibility before using it.
     unsafe { Component::deserialize(engine, code) }
 }
 
@@ -138,6 +183,11 @@ fn check_owned(dir: &Path) -> Result<(), String> {
     if !meta.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
+    check_private(dir, &meta)
+}
+
+/// `path` belongs to this user and nobody else may write it.
+fn check_private(dir: &Path, meta: &fs::Metadata) -> Result<(), String> {
     let uid = rustix::process::geteuid().as_raw();
     if meta.uid() != uid {
         return Err(format!(
@@ -198,17 +248,79 @@ mod tests {
         assert_eq!((first, second), (Origin::Compiled, Origin::Cached));
     }
 
-    #[test]
-    fn unusable_entry_is_compiled_again_and_replaced() {
+    /// Another valid component: the empty one with a custom section.
+    const OTHER_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0\x00\x04\x03abc";
+
+    fn paths(cache: &ArtifactCache, wasm: &[u8]) -> (PathBuf, PathBuf) {
+        cache.entry_paths(&Sha256::digest(wasm))
+    }
+
+    /// Damage the stored entry of `EMPTY_COMPONENT` with `damage`; the next
+    /// load compiles again, and the one after that uses the repaired entry.
+    fn damaged_entry_is_compiled_again(damage: impl FnOnce(&ArtifactCache, &Path)) {
         let root = tempfile::tempdir().unwrap();
         let engine = engine();
         let cache = ArtifactCache::open(root.path(), &engine).unwrap();
-        let path = cache.entry_path(EMPTY_COMPONENT);
-        fs::write(&path, b"not machine code").unwrap();
+        cache.load(&engine, EMPTY_COMPONENT).unwrap();
+        let (path, _) = paths(&cache, EMPTY_COMPONENT);
+        damage(&cache, &path);
         let (_, origin) = cache.load(&engine, EMPTY_COMPONENT).unwrap();
         assert_eq!(origin, Origin::Compiled);
         let (_, origin) = cache.load(&engine, EMPTY_COMPONENT).unwrap();
         assert_eq!(origin, Origin::Cached);
+    }
+
+    #[test]
+    fn a_corrupted_entry_is_compiled_again() {
+        damaged_entry_is_compiled_again(|_, path| {
+            let mut code = fs::read(path).unwrap();
+            let middle = code.len() / 2;
+            code[middle] ^= 0xff;
+            fs::write(path, code).unwrap();
+        });
+    }
+
+    #[test]
+    fn a_truncated_entry_is_compiled_again() {
+        damaged_entry_is_compiled_again(|_, path| {
+            let code = fs::read(path).unwrap();
+            fs::write(path, &code[..code.len() / 2]).unwrap();
+        });
+    }
+
+    #[test]
+    fn an_entry_replaced_by_another_valid_artifact_is_compiled_again() {
+        damaged_entry_is_compiled_again(|cache, path| {
+            let engine = engine();
+            cache.load(&engine, OTHER_COMPONENT).unwrap();
+            let (other, other_sum) = paths(cache, OTHER_COMPONENT);
+            // What makes the digest necessary: wasmtime itself would load it.
+            assert!(deserialize_bytes(&engine, &fs::read(&other).unwrap()).is_ok());
+            fs::copy(&other, path).unwrap();
+            // Even with that entry's own digest beside it.
+            fs::copy(&other_sum, path.with_extension("sum")).unwrap();
+        });
+    }
+
+    #[test]
+    fn an_entry_without_its_digest_is_compiled_again() {
+        damaged_entry_is_compiled_again(|_, path| {
+            fs::remove_file(path.with_extension("sum")).unwrap();
+        });
+    }
+
+    #[test]
+    fn an_entry_others_may_write_is_compiled_again() {
+        damaged_entry_is_compiled_again(|_, path| {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o666)).unwrap();
+        });
+    }
+
+    #[test]
+    fn something_that_is_not_machine_code_is_compiled_again() {
+        damaged_entry_is_compiled_again(|_, path| {
+            fs::write(path, b"not machine code").unwrap();
+        });
     }
 
     #[test]
@@ -248,10 +360,10 @@ mod tests {
         let engine = engine();
         let cache = ArtifactCache::open(root.path(), &engine).unwrap();
         cache.load(&engine, EMPTY_COMPONENT).unwrap();
-        let mode = fs::metadata(cache.entry_path(EMPTY_COMPONENT))
-            .unwrap()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let (path, sum) = paths(&cache, EMPTY_COMPONENT);
+        for file in [path, sum] {
+            assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        }
         assert_eq!(fs::metadata(cache.dir()).unwrap().mode() & 0o777, 0o700);
     }
 }
