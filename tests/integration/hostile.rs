@@ -65,6 +65,8 @@ fn serve_on_a_read_only_filesystem_compiles_in_memory_and_serves() {
 }
 
 #[test]
+// The start-up time is reported (run with --nocapture), not asserted.
+#[allow(clippy::print_stderr)]
 fn two_hundred_probes_on_fifty_databases_start_and_answer() {
     let dir = TestDir::new();
     let mut text = format!(
