@@ -21,6 +21,7 @@
 //! | resident memory 30 s after 1,100 connections x 100 stuck HTTP/2 streams close (and at the peak) | the same server before them |
 //! | `/readyz` p50 with the database's port closed (`PROBEHOST_BENCH=refused`) | the same with PostgreSQL up |
 //! | proxy mode: `/livez` and `/readyz` p50 and p99 with 200 slow requests in flight and both gunicorn workers busy (`PROBEHOST_BENCH=busy`) | the same with the application idle |
+//! | the readiness hot path (`PROBEHOST_BENCH=hotpath`): `/readyz` p50 at one connection, database probe alone and with memcached; `probe --ready` answered by a running server; CPU time (user + sys) per `probe --live` and `probe --ready` | the same dependency calls made directly; `probe --live` |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
 //! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
@@ -91,6 +92,7 @@ fn main() {
         Ok("h2") => return stuck_http2_streams(&rt, &dir),
         Ok("refused") => return refused_readyz(&rt, &dir),
         Ok("busy") => return busy_application(&rt, &dir),
+        Ok("hotpath") => return hot_path(&rt, &dir),
         _ => {}
     }
 
@@ -744,6 +746,12 @@ async fn latency_samples(
 /// p50 of what the bundled probes do, done directly: `SELECT 1` on a pooled
 /// connection plus a memcached `stats` on a pooled client.
 async fn dependency_latencies() -> Duration {
+    dependency_latencies_of(true).await
+}
+
+/// p50 of `SELECT 1` on a pooled connection, plus with `with_cache` a memcached
+/// `stats` on a pooled client.
+async fn dependency_latencies_of(with_cache: bool) -> Duration {
     use probehost::db::{ConnectOptions, Database};
     use probehost::memcached::Cache;
     let second = Duration::from_secs(1);
@@ -758,7 +766,9 @@ async fn dependency_latencies() -> Duration {
     for i in 0..LATENCY_SAMPLES + 20 {
         let started = Instant::now();
         db.query("SELECT 1", &[], second).await.unwrap();
-        cache.stats(MEMCACHED, second).await.unwrap().unwrap();
+        if with_cache {
+            cache.stats(MEMCACHED, second).await.unwrap().unwrap();
+        }
         if i >= 20 {
             samples.push(started.elapsed());
         }
@@ -1169,4 +1179,117 @@ fn stop_child(child: &mut Child) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
     }
     let _ = child.wait();
+}
+
+/// The readiness hot path, measured against its floor: `/readyz` at one
+/// connection with the database probe alone and with memcached, against the
+/// same dependency calls made directly; `probe --ready` answered by the running
+/// server against `probe --live`; and the CPU time each exec probe costs.
+fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
+    let database = format!("[databases.default]\nurl = {POSTGRES:?}\n");
+    // The probe socket is how `probe --ready` finds this server.
+    let mut alone = serve_with(
+        dir,
+        "database.toml",
+        &format!("socket = {:?}\n", dir.path().join("database.sock")),
+        &format!("{database}[probes.database]\ncomponent = \"builtin:database\"\n"),
+    );
+    let mut both = serve_with(
+        dir,
+        "both.toml",
+        "",
+        &format!(
+            "{database}[caches.default]\nservers = [{MEMCACHED:?}]\n\
+             [probes.database]\ncomponent = \"builtin:database\"\n\
+             [probes.memcached]\ncomponent = \"builtin:memcached\"\n"
+        ),
+    );
+    for (name, server, with_cache) in [
+        ("database", &alone, false),
+        ("database + memcached", &both, true),
+    ] {
+        // Alternate, so drift affects both alike; the median round counts.
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for _ in 0..LOAD_ROUNDS {
+            ours.push(rt.block_on(latencies(server.address, "/readyz")));
+            floor.push(rt.block_on(dependency_latencies_of(with_cache)));
+        }
+        let (ours, floor) = (median(ours), median(floor));
+        report(
+            &format!("/readyz p50, one connection, {name}"),
+            micros(ours),
+            micros(floor),
+            "µs",
+            "[within 100 µs of the direct calls]",
+        );
+        println!(
+            "    → probehost's own share: {:.0} µs",
+            micros(ours) - micros(floor)
+        );
+    }
+
+    let config = dir.path().join("database.toml");
+    let live = || {
+        let mut command = Command::new(PROBEHOST);
+        command.args(["probe", "--live"]);
+        command
+    };
+    let ready = || {
+        let mut command = Command::new(PROBEHOST);
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(["probe", "--ready"]);
+        command
+    };
+    let (mut live_walls, mut ready_walls) = (Vec::new(), Vec::new());
+    for _ in 0..LOAD_ROUNDS {
+        live_walls.push(median_wall(&mut live()));
+        ready_walls.push(median_wall(&mut ready()));
+    }
+    let (live_wall, ready_wall) = (median(live_walls), median(ready_walls));
+    report(
+        "probe --ready wall (p50), answered by the running server",
+        ms(ready_wall),
+        ms(live_wall),
+        "ms",
+        "[ratio <= 1.5]",
+    );
+    let live_cpu = cpu_per_run(&mut live());
+    let ready_cpu = cpu_per_run(&mut ready());
+    println!(
+        "CPU time (user + sys) per probe --live: {:.2} ms; per probe --ready (answered by the \
+         server): {:.2} ms  [each <= 2 ms]",
+        ms(live_cpu),
+        ms(ready_cpu)
+    );
+    alone.stop();
+    both.stop();
+}
+
+/// User plus system CPU time that one run of `command` costs, averaged over
+/// [`PROCESS_SAMPLES`] runs (the children's rusage before and after).
+fn cpu_per_run(command: &mut Command) -> Duration {
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    let before = children_cpu();
+    for _ in 0..PROCESS_SAMPLES {
+        command.status().unwrap();
+    }
+    (children_cpu() - before) / PROCESS_SAMPLES as u32
+}
+
+/// User plus system CPU time of every waited-for child so far.
+#[allow(unsafe_code)]
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads
+    // nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
