@@ -106,7 +106,10 @@ pub fn build_evaluator(
         .iter()
         .map(|d| {
             let mut db = Database::new(&d.name, &d.options, d.connect_timeout, d.query_timeout);
-            if d.require_primary {
+            // `require = "primary"`, or a probe asked to check it (`wait4db --primary`).
+            let primary =
+                d.require_primary || config.probes.iter().any(|p| p.primary.contains(&d.name));
+            if primary {
                 db = db.requiring_writable_file();
             }
             (d.name.as_str(), Arc::new(db))

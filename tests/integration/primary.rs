@@ -138,8 +138,8 @@ fn a_sqlite_file_on_a_read_only_mount_is_not_ready_when_a_primary_is_required() 
     let script = format!(
         "mount --bind {data_dir} {data_dir} && mount -o remount,ro,bind {data_dir} && exec \"$@\""
     );
-    let probe = |config: &Path| {
-        let output = run(Command::new("unshare")
+    let in_mount = |config: &Path, args: &[&str]| {
+        run(Command::new("unshare")
             .args([
                 "--mount",
                 "--propagation",
@@ -152,8 +152,11 @@ fn a_sqlite_file_on_a_read_only_mount_is_not_ready_when_a_primary_is_required() 
             .arg(PROBEHOST)
             .arg("-c")
             .arg(config)
-            .args(["probe", "--ready", "--local"])
-            .env_remove("PROBEHOST_CONFIG"));
+            .args(args)
+            .env_remove("PROBEHOST_CONFIG"))
+    };
+    let probe = |config: &Path| {
+        let output = in_mount(config, &["probe", "--ready", "--local"]);
         (output.code, output.stdout.trim().to_owned(), output.stderr)
     };
     let (code, answer, stderr) = probe(&required);
@@ -163,8 +166,21 @@ fn a_sqlite_file_on_a_read_only_mount_is_not_ready_when_a_primary_is_required() 
         "{stderr}"
     );
     let plain = TestDir::new();
-    let (code, answer, stderr) = probe(&config(&plain, &url, None));
+    let plain = config(&plain, &url, None);
+    let (code, answer, stderr) = probe(&plain);
     assert_eq!((code, answer.as_str()), (0, "Ok"), "{stderr}");
+    // wait4db --primary asks for a writable file whatever the config says.
+    let waited = in_mount(
+        &plain,
+        &["wait4db", "--primary", "-s", "0.2", "-i", "0.2", "-t", "1"],
+    );
+    assert_eq!(waited.code, 1, "{waited:?}");
+    assert!(
+        waited.stderr.ends_with(
+            "Database did not become ready: db default: read-only (file not writable)\n"
+        ),
+        "{waited:?}"
+    );
 }
 
 #[test]
