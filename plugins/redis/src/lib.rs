@@ -336,6 +336,13 @@ fn read_reply(reader: &mut impl BufRead, depth: usize) -> Result<Reply, String> 
     }
 }
 
+/// The RESP reader on `bytes`, for the fuzz targets (`fuzz/`): a short
+/// description of the reply, or why it is not one.
+#[doc(hidden)]
+pub fn describe_reply(bytes: &[u8]) -> Result<String, String> {
+    read_reply(&mut std::io::BufReader::new(bytes), 0).map(|reply| reply.describe())
+}
+
 /// One CRLF-terminated line, without the CRLF; `None` if the connection closed
 /// before it began.
 fn read_line(reader: &mut impl BufRead) -> Result<Option<String>, String> {
