@@ -27,27 +27,12 @@ fn serve_on_a_read_only_filesystem_compiles_in_memory_and_serves() {
         read_only.path().join("cache"),
         sqlite_probe()
     ));
-    let mount = read_only.path().display().to_string();
-    let script = format!(
-        "mount --bind {mount} {mount} && mount -o remount,ro,bind {mount} {mount} && exec \"$@\""
-    );
     let server = Server::start_with(
-        Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-                "sh",
-            ])
-            .arg(PROBEHOST)
+        probehost_with_read_only(read_only.path())
             .arg("--config")
             .arg(&config)
             .arg("serve")
-            .env("TMPDIR", read_only.path())
-            .env_remove("PROBEHOST_CONFIG"),
+            .env("TMPDIR", read_only.path()),
     );
     let response = server.get("/readyz");
     assert_eq!(

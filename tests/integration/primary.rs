@@ -132,28 +132,12 @@ fn a_sqlite_file_on_a_read_only_mount_is_not_ready_when_a_primary_is_required() 
     // Writable: ready (and the file is created).
     assert_eq!(ready(&required), (0, "Ok".to_owned()));
 
-    // The same directory mounted read-only, in a mount namespace of the probe's
-    // own (root may write a file whatever its mode; a read-only mount it may not).
-    let data_dir = data.path().display().to_string();
-    let script = format!(
-        "mount --bind {data_dir} {data_dir} && mount -o remount,ro,bind {data_dir} && exec \"$@\""
-    );
+    // The same directory mounted read-only, for the probe alone.
     let in_mount = |config: &Path, args: &[&str]| {
-        run(Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &script,
-                "sh",
-            ])
-            .arg(PROBEHOST)
+        run(probehost_with_read_only(data.path())
             .arg("-c")
             .arg(config)
-            .args(args)
-            .env_remove("PROBEHOST_CONFIG"))
+            .args(args))
     };
     let probe = |config: &Path| {
         let output = in_mount(config, &["probe", "--ready", "--local"]);

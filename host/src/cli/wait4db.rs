@@ -119,21 +119,10 @@ pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupErr
 
 /// `--primary`: builtin:database on `database` alone, which must accept writes.
 fn primary_probe(config: &Config, database: &str) -> ProbeConfig {
-    ProbeConfig {
-        name: "primary".to_owned(),
-        component: ComponentSource::Builtin(Builtin::Database),
-        component_location: None,
-        databases: vec![database.to_owned()],
-        caches: Vec::new(),
-        network: Vec::new(),
-        http: Vec::new(),
-        timeout: config.readiness.timeout,
-        memory: config::DEFAULT_PROBE_MEMORY,
-        config: Vec::new(),
-        plan: None,
-        gate: Gate::Always,
-        primary: vec![database.to_owned()],
-    }
+    let mut probe = ProbeConfig::bundled("primary", Builtin::Database, config.readiness.timeout);
+    probe.databases = vec![database.to_owned()];
+    probe.primary = vec![database.to_owned()];
+    probe
 }
 
 /// The migrations checks of `--migrated`, each on `database` alone: a probe for
@@ -151,21 +140,11 @@ fn migrations_probes(config: &Config, database: &str, plan: Option<&Path>) -> Ve
             Ok(text) => text,
             Err(e) => usage_error(&format!("--plan: {e}")),
         };
-        return vec![only(ProbeConfig {
-            name: "migrations".to_owned(),
-            component: ComponentSource::Builtin(Builtin::Migrations),
-            component_location: None,
-            databases: Vec::new(),
-            caches: Vec::new(),
-            network: Vec::new(),
-            http: Vec::new(),
-            timeout: config.readiness.timeout,
-            memory: config::DEFAULT_PROBE_MEMORY,
-            config: vec![("plan".to_owned(), path.display().to_string())],
-            plan: Some(text),
-            gate: Gate::Always,
-            primary: Vec::new(),
-        })];
+        let mut probe =
+            ProbeConfig::bundled("migrations", Builtin::Migrations, config.readiness.timeout);
+        probe.config = vec![("plan".to_owned(), path.display().to_string())];
+        probe.plan = Some(text);
+        return vec![only(probe)];
     }
     let probes: Vec<ProbeConfig> = config
         .probes

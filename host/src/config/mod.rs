@@ -211,6 +211,26 @@ pub(crate) fn primary_among(databases: &[DatabaseConfig], granted: &[String]) ->
 }
 
 impl ProbeConfig {
+    /// A bundled probe called `name` with the defaults: granted nothing, the
+    /// given timeout, the default memory and gate, no settings.
+    pub fn bundled(name: &str, builtin: Builtin, timeout: Duration) -> ProbeConfig {
+        ProbeConfig {
+            name: name.to_owned(),
+            component: ComponentSource::Builtin(builtin),
+            component_location: None,
+            databases: Vec::new(),
+            caches: Vec::new(),
+            network: Vec::new(),
+            http: Vec::new(),
+            timeout,
+            memory: DEFAULT_PROBE_MEMORY,
+            config: Vec::new(),
+            plan: None,
+            gate: Gate::Always,
+            primary: Vec::new(),
+        }
+    }
+
     /// The settings the component sees: its own, with the plan file's text in
     /// place of its path (a component has no filesystem), and for
     /// `builtin:database` the aliases that must be a primary.
@@ -451,34 +471,22 @@ fn default_probes(
     caches: &[CacheConfig],
     timeout: Duration,
 ) -> Vec<ProbeConfig> {
+    let all_databases: Vec<String> = databases.iter().map(|d| d.name.clone()).collect();
     [Builtin::Database, Builtin::Memcached]
         .into_iter()
-        .map(|builtin| ProbeConfig {
-            name: builtin.name().to_owned(),
-            primary: match builtin {
+        .map(|builtin| {
+            let mut probe = ProbeConfig::bundled(builtin.name(), builtin, timeout);
+            match builtin {
                 Builtin::Database => {
-                    let all: Vec<String> = databases.iter().map(|d| d.name.clone()).collect();
-                    primary_among(databases, &all)
+                    probe.primary = primary_among(databases, &all_databases);
+                    probe.databases = all_databases.clone();
                 }
-                _ => Vec::new(),
-            },
-            component: ComponentSource::Builtin(builtin),
-            component_location: None,
-            databases: match builtin {
-                Builtin::Database => databases.iter().map(|d| d.name.clone()).collect(),
-                _ => Vec::new(),
-            },
-            caches: match builtin {
-                Builtin::Memcached => caches.iter().map(|c| c.name.clone()).collect(),
-                _ => Vec::new(),
-            },
-            network: Vec::new(),
-            http: Vec::new(),
-            timeout,
-            memory: DEFAULT_PROBE_MEMORY,
-            config: Vec::new(),
-            plan: None,
-            gate: Gate::Always,
+                Builtin::Memcached => {
+                    probe.caches = caches.iter().map(|c| c.name.clone()).collect();
+                }
+                Builtin::Migrations => {}
+            }
+            probe
         })
         .collect()
 }

@@ -209,3 +209,26 @@ pub fn raw_exchange(address: SocketAddr, raw: &[u8], limit: Duration) -> String 
     let _ = stream.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `probehost` in a mount namespace of its own where `dir` is mounted
+/// read-only (root writes a file whatever its mode; a read-only mount it may
+/// not). Arguments follow.
+pub fn probehost_with_read_only(dir: &Path) -> std::process::Command {
+    let dir = dir.display().to_string();
+    let script =
+        format!("mount --bind {dir} {dir} && mount -o remount,ro,bind {dir} {dir} && exec \"$@\"");
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(PROBEHOST)
+        .env_remove("PROBEHOST_CONFIG");
+    command
+}
