@@ -173,6 +173,7 @@ pub fn build_state(
     lifecycle: Lifecycle,
 ) -> Result<Arc<AppState>, StartupError> {
     let metrics = Arc::new(Metrics::new(config.probes.iter().map(|p| p.name.as_str())));
+    metrics.watch_runtime("probes", guests.clone());
     let evaluator = build_evaluator(config, guests, metrics.clone())?;
     let sharing = Sharing {
         cache_ttl: config.readiness.cache_ttl,

@@ -5,8 +5,11 @@
 //! sets cannot grow with traffic.
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::runtime::Handle;
 
 /// Upper bounds (seconds) of the probe duration histogram.
 const BUCKETS: [f64; 11] = [
@@ -96,6 +99,8 @@ pub struct Metrics {
     ready: AtomicI64,
     /// [route][status class 1xx..5xx]
     requests: [[AtomicU64; 5]; 6],
+    /// The runtimes whose live tasks `probehost_tasks` counts, by label.
+    runtimes: Mutex<Vec<(&'static str, Handle)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,7 +131,17 @@ impl Metrics {
             shared: AtomicU64::new(0),
             ready: AtomicI64::new(-1),
             requests: Default::default(),
+            runtimes: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Count the tasks alive on `handle`'s runtime under `runtime="label"`
+    /// (several runtimes may share a label; they are summed).
+    pub fn watch_runtime(&self, label: &'static str, handle: Handle) {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((label, handle));
     }
 
     /// One check of probe number `index`; `degraded` when it failed without
@@ -291,6 +306,27 @@ impl Metrics {
             "probehost_log_lines_dropped_total {}",
             crate::logging::dropped()
         );
+
+        out.push_str(
+            "# HELP probehost_tasks Tasks alive: `http` serves connections, `probes` runs probe checks.\n",
+        );
+        out.push_str("# TYPE probehost_tasks gauge\n");
+        let mut tasks: Vec<(&str, usize)> = Vec::new();
+        for (label, handle) in self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let alive = handle.metrics().num_alive_tasks();
+            match tasks.iter_mut().find(|(l, _)| l == label) {
+                Some((_, n)) => *n += alive,
+                None => tasks.push((label, alive)),
+            }
+        }
+        for (label, alive) in tasks {
+            let _ = writeln!(out, "probehost_tasks{{runtime=\"{label}\"}} {alive}");
+        }
 
         out.push_str(
             "# HELP probehost_http_requests_total HTTP requests by route and status class.\n",

@@ -136,6 +136,55 @@ impl Upstream {
             idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
+
+    /// `request` as the application receives it: origin-form URI, HTTP/1.1,
+    /// no hop-by-hop headers (nor those its `Connection` names) but an
+    /// accepted upgrade's, a `Host`, and `peer` appended to the forwarding
+    /// headers. Public for the fuzz targets (`fuzz/`).
+    pub fn rewrite<B>(&self, request: Request<B>, peer: &Peer, upgrade: bool) -> Request<B> {
+        let (mut parts, body) = request.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // Origin form, as HTTP/1.1 servers expect it.
+        let uri = Uri::from(path);
+        let headers = &mut parts.headers;
+        if parts.version == Version::HTTP_2 {
+            // HTTP/2 clients send the host as the URI's authority, and may
+            // split cookies into several fields (RFC 9113 §8.3.1, §8.2.3).
+            if !headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                headers.insert(header::HOST, host);
+            }
+            if let Some(cookie) = joined(headers, &header::COOKIE, "; ") {
+                headers.insert(header::COOKIE, cookie);
+            }
+        }
+        let upgrade_to = if upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade_to {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+        if !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
+        {
+            // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
+            headers.insert(header::HOST, host);
+        }
+        add_forwarded(headers, peer);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        Request::from_parts(parts, body)
+    }
 }
 
 /// One downstream client, as the forwarding headers name it: worked out once
@@ -208,10 +257,7 @@ impl Proxy {
         tunnel: Tunnel<'_>,
     ) -> Response<Body> {
         let upgrade = wants_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
-        let request = match self.outgoing(request, peer, upgrade.is_some()) {
-            Ok(request) => request,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Bad Request: {e}")),
-        };
+        let request = self.upstream.rewrite(request, peer, upgrade.is_some());
         let timeout = self.upstream.timeout;
         let (mut response, connection) =
             match tokio::time::timeout(timeout, self.send(request)).await {
@@ -304,57 +350,6 @@ impl Proxy {
         });
         Ok(sender)
     }
-
-    /// The request as the application receives it.
-    fn outgoing(
-        &self,
-        request: Request<Incoming>,
-        peer: &Peer,
-        upgrade: bool,
-    ) -> Result<Request<Incoming>, String> {
-        let (mut parts, body) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // Origin form, as HTTP/1.1 servers expect it.
-        let uri = Uri::from(path);
-        let headers = &mut parts.headers;
-        if parts.version == Version::HTTP_2 {
-            // HTTP/2 clients send the host as the URI's authority, and may
-            // split cookies into several fields (RFC 9113 §8.3.1, §8.2.3).
-            if !headers.contains_key(header::HOST)
-                && let Some(authority) = parts.uri.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
-            {
-                headers.insert(header::HOST, host);
-            }
-            if let Some(cookie) = joined(headers, &header::COOKIE, "; ") {
-                headers.insert(header::COOKIE, cookie);
-            }
-        }
-        let upgrade_to = if upgrade {
-            headers.get(header::UPGRADE).cloned()
-        } else {
-            None
-        };
-        strip_hop_by_hop(headers);
-        if let Some(protocol) = upgrade_to {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
-        if !headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(self.upstream.authority.as_str())
-        {
-            // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
-            headers.insert(header::HOST, host);
-        }
-        add_forwarded(headers, peer);
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        Ok(Request::from_parts(parts, body))
-    }
 }
 
 /// Every value of `name` joined by `separator`, when there are several.
@@ -371,7 +366,9 @@ fn joined(headers: &HeaderMap, name: &HeaderName, separator: &str) -> Option<Hea
     HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
-fn wants_upgrade(headers: &HeaderMap) -> bool {
+/// Whether the client asks to switch protocols (`Connection: upgrade` with
+/// an `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)

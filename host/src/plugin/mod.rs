@@ -72,6 +72,14 @@ impl Builtin {
     }
 }
 
+/// The example components built beside the bundled ones: located, never
+/// embedded. For the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod examples {
+    /// The HTTP probe (`plugins/http`).
+    pub const HTTP_PROBE: &str = env!("PROBEHOST_PLUGIN_HTTP");
+}
+
 /// Where a probe's component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ComponentSource {

@@ -844,6 +844,9 @@ async fn accept_loop(
     slots: Arc<Slots>,
     mut closed: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    state
+        .metrics
+        .watch_runtime("http", tokio::runtime::Handle::current());
     let listener = TcpListener::from_std(listener)?;
     let unix = unix.map(tokio::net::UnixListener::from_std).transpose()?;
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -1,10 +1,11 @@
 //! A TCP proxy that injects faults between probehost and a real service: it can
-//! pass traffic, refuse connections, freeze (accept and never answer) or cut
-//! every open connection. It counts the connections it accepts.
+//! pass traffic, refuse connections, freeze (accept and never answer), delay
+//! every reply, cut every reply in the middle, or cut every open connection.
+//! It counts the connections it accepts.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -20,11 +21,18 @@ pub enum Mode {
     /// Accept, then never forward or answer (a hung server). Existing
     /// connections stop forwarding too.
     Freeze = 2,
+    /// Forward, but hold each piece of a reply back for the delay
+    /// ([`FaultProxy::set_delay`]).
+    Slow = 3,
+    /// Forward requests; forward half of the first piece of a reply, then
+    /// close the connection.
+    CutReply = 4,
 }
 
 struct Shared {
     target: SocketAddr,
     mode: AtomicU8,
+    delay_ms: AtomicU64,
     accepted: AtomicUsize,
     /// Reads from clients forwarded to the target: about one per request
     /// message a database client sends.
@@ -47,6 +55,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             target,
             mode: AtomicU8::new(mode as u8),
+            delay_ms: AtomicU64::new(50),
             accepted: AtomicUsize::new(0),
             messages: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -63,6 +72,13 @@ impl FaultProxy {
 
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// How long [`Mode::Slow`] holds back each piece of a reply.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Close every open connection (both directions).
@@ -94,7 +110,9 @@ fn mode(shared: &Shared) -> Mode {
     match shared.mode.load(Ordering::SeqCst) {
         0 => Mode::Pass,
         1 => Mode::Refuse,
-        _ => Mode::Freeze,
+        2 => Mode::Freeze,
+        3 => Mode::Slow,
+        _ => Mode::CutReply,
     }
 }
 
@@ -118,7 +136,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 // Hold it open, unread, until cut or dropped.
                 shared.open.lock().unwrap().push(client);
             }
-            Mode::Pass => {
+            Mode::Pass | Mode::Slow | Mode::CutReply => {
                 let Ok(server) = TcpStream::connect_timeout(&shared.target, Duration::from_secs(2))
                 else {
                     let _ = client.shutdown(Shutdown::Both);
@@ -156,6 +174,20 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, from_client
             }
             while mode(&shared) == Mode::Freeze && !shared.stop.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(10));
+            }
+            if !from_client {
+                match mode(&shared) {
+                    Mode::Slow => thread::sleep(Duration::from_millis(
+                        shared.delay_ms.load(Ordering::SeqCst),
+                    )),
+                    Mode::CutReply => {
+                        let _ = to.write_all(&buffer[..n.div_ceil(2)]);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    _ => {}
+                }
             }
             if to.write_all(&buffer[..n]).is_err() {
                 break;

@@ -4,7 +4,7 @@
 //!
 //! Everything talks to loopback only, and every wait is bounded.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 mod databases;
 pub mod django;

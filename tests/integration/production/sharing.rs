@@ -149,3 +149,41 @@ fn request_json(server: &Server, path: &str) -> serde_json::Value {
     let answer = raw_exchange(server.address, raw.as_bytes(), Duration::from_secs(5));
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
+
+#[test]
+fn live_tasks_fall_back_once_a_storm_is_over() {
+    require(Service::Postgres);
+    let dir = TestDir::new();
+    let config = config(
+        &dir,
+        "",
+        &format!("[databases.default]\nurl = {POSTGRES_URL:?}\n"),
+    );
+    let server = Server::start(&config);
+    let tasks = |runtime: &str| {
+        metric(
+            &server,
+            &format!("probehost_tasks{{runtime=\"{runtime}\"}}"),
+        )
+    };
+    assert_eq!(server.get("/readyz").status, 200);
+    // Each `/metrics` request is a connection's task itself.
+    let idle_http = tasks("http");
+    assert!(
+        idle_http >= 1.0,
+        "the asking connection counts: {idle_http}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses = runtime.block_on(concurrent_readyz(server.address, 500));
+    assert!(statuses.iter().all(|s| *s == 200));
+    assert!(
+        eventually(Duration::from_secs(10), || tasks("http") <= idle_http
+            && tasks("probes") == 0.0),
+        "tasks left after the storm: http {}, probes {}",
+        tasks("http"),
+        tasks("probes")
+    );
+}
