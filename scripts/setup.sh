@@ -4,6 +4,8 @@
 #
 #   - Rust targets: wasm32-wasip2 (the probe components) and the musl targets
 #     of the static release binaries (x86_64, and aarch64 cross-linked by zig)
+#   - a nightly toolchain (with wasm32-wasip2) and cargo-fuzz, for the fuzz
+#     targets (scripts/fuzz.sh)
 #   - the release and image tools: musl-tools, buildah, podman, runc and
 #     qemu-user-static from Debian; kubectl (kustomize) for the manifests;
 #     maturin, ziglang and kubernetes-validate from PyPI into .venv
@@ -43,6 +45,18 @@ for target in wasm32-wasip2 x86_64-unknown-linux-musl aarch64-unknown-linux-musl
         rustup target add "$target"
     fi
 done
+
+# --- fuzzing (scripts/fuzz.sh): cargo-fuzz needs a nightly toolchain ----------
+if ! rustup target list --installed --toolchain nightly 2>/dev/null | grep -qx wasm32-wasip2; then
+    # Installing (or updating) the toolchain with its target in one step: an
+    # older nightly's wasm32-wasip2 may no longer be downloadable.
+    say "installing the nightly Rust toolchain with wasm32-wasip2 (for cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal --target wasm32-wasip2
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi
 
 apt_install() { # command package
     command -v "$1" >/dev/null 2>&1 && return 0
