@@ -21,6 +21,7 @@
 //! | resident memory 30 s after 1,100 connections x 100 stuck HTTP/2 streams close (and at the peak) | the same server before them |
 //! | `/readyz` p50 with the database's port closed (`PROBEHOST_BENCH=refused`) | the same with PostgreSQL up |
 //! | proxy mode: `/livez` and `/readyz` p50 and p99 with 200 slow requests in flight and both gunicorn workers busy (`PROBEHOST_BENCH=busy`) | the same with the application idle |
+//! | resident memory (`PROBEHOST_BENCH=memory`), anonymous and file-backed, after start-up, the `/livez` load and 300 `/readyz`, starting with an empty component cache and with a filled one | the minimal hyper server after the same load |
 //! | the readiness hot path (`PROBEHOST_BENCH=hotpath`): `/readyz` p50 at one connection, database probe alone and with memcached; `probe --ready` answered by a running server; CPU time (user + sys) per `probe --live` and `probe --ready` | the same dependency calls made directly; `probe --live` |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
@@ -93,6 +94,7 @@ fn main() {
         Ok("refused") => return refused_readyz(&rt, &dir),
         Ok("busy") => return busy_application(&rt, &dir),
         Ok("hotpath") => return hot_path(&rt, &dir),
+        Ok("memory") => return memory(&rt, &config),
         _ => {}
     }
 
@@ -581,12 +583,75 @@ fn spawn_listening(command: &mut Command) -> Listening {
 }
 
 fn rss_kib(child: &Child) -> u64 {
+    status_kib(child, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(child: &Child, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Resident memory split as the kernel counts it: anonymous (heap, stacks)
+/// and file-backed (the executable's pages), in MiB.
+fn rss_split(child: &Child) -> String {
+    let mib = |field| status_kib(child, field) as f64 / 1024.0;
+    format!(
+        "{:.1} MiB (anonymous {:.1}, file {:.1})",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
+    )
+}
+
+/// `PROBEHOST_BENCH=memory`: resident memory of `serve` with the bundled
+/// probes after start-up, after the `/livez` load and after readiness
+/// requests, against the minimal hyper server after the same load; first
+/// with an empty component cache (start-up compiles the probes), then again
+/// with the cache that start filled.
+fn memory(rt: &tokio::runtime::Runtime, config: &std::path::Path) {
+    let mut baseline =
+        spawn_listening(Command::new(std::env::current_exe().unwrap()).arg("--baseline-server"));
+    for _ in 0..LOAD_ROUNDS {
+        rt.block_on(load(baseline.address, "/livez"));
+    }
+    println!(
+        "minimal hyper server after the /livez load: {}",
+        rss_split(&baseline.child)
+    );
+    for start in ["compiling the probes", "probes from the cache"] {
+        let mut server = spawn_listening(
+            Command::new(PROBEHOST)
+                .arg("--config")
+                .arg(config)
+                .arg("serve"),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        println!("serve, start-up {start}");
+        println!("    after start-up:        {}", rss_split(&server.child));
+        for _ in 0..LOAD_ROUNDS {
+            rt.block_on(load(server.address, "/livez"));
+        }
+        println!("    after the /livez load: {}", rss_split(&server.child));
+        rt.block_on(latencies(server.address, "/readyz"));
+        println!(
+            "    after {LATENCY_SAMPLES} /readyz:     {}",
+            rss_split(&server.child)
+        );
+        report(
+            &format!("serve resident memory after load, start-up {start}"),
+            rss_kib(&server.child) as f64 / 1024.0,
+            rss_kib(&baseline.child) as f64 / 1024.0,
+            "MiB",
+            "[<= 16 MiB]",
+        );
+        server.stop();
+    }
+    baseline.stop();
 }
 
 fn median_wall(command: &mut Command) -> Duration {

@@ -82,6 +82,8 @@ pub(super) async fn bind(config: &Config, state: &AppState) -> anyhow::Result<Li
         "standalone"
     };
     tracing::info!(%address, mode, ?probes, "listening");
+    // Start-up is over: what it alone needed goes back to the system.
+    crate::memory::release_startup();
     Ok(Listeners {
         tcp: listener,
         unix,

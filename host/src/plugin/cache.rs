@@ -69,7 +69,15 @@ impl ArtifactCache {
 
     /// The compiled form of `wasm`: from the cache if a usable entry exists,
     /// otherwise compiled and stored.
-    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, Origin)> {
+    ///
+    /// Compiling is done by the engine `compiler` returns (configured as
+    /// `engine` is), and loaded into `engine`.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        compiler: impl FnOnce() -> wasmtime::Result<Engine>,
+        wasm: &[u8],
+    ) -> wasmtime::Result<(Component, Origin)> {
         let key = Sha256::digest(wasm);
         let (path, sum) = self.entry_paths(&key);
         if path.exists() {
@@ -87,7 +95,7 @@ impl ArtifactCache {
                 }
             }
         }
-        let code = engine.precompile_component(wasm)?;
+        let code = compiler()?.precompile_component(wasm)?;
         if let Err(e) = self.store(&path, &sum, &key, &code) {
             tracing::warn!(entry = %path.display(), "could not store compiled component: {e}");
         }
@@ -159,7 +167,18 @@ fn verified(path: &Path, sum: &Path, key: &[u8]) -> Result<Vec<u8>, String> {
     Ok(code)
 }
 
-/// Load machine code: produced by `engine.precompile_component` a moment ago,
+/// Compile `wasm` with `compiler` and load the machine code into `engine`
+/// (configured alike), without a cache.
+pub(crate) fn compile(
+    engine: &Engine,
+    compiler: &Engine,
+    wasm: &[u8],
+) -> wasmtime::Result<Component> {
+    let code = compiler.precompile_component(wasm)?;
+    deserialize_bytes(engine, &code)
+}
+
+/// Load machine code: produced by `precompile_component` a moment ago,
 /// or a cache entry whose digest matches the one this process's user recorded
 /// when it wrote it ([`verified`]), in a directory only that user can write.
 #[allow(unsafe_code)]
@@ -243,8 +262,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let engine = engine();
         let cache = ArtifactCache::open(root.path(), &engine).unwrap();
-        let (_, first) = cache.load(&engine, EMPTY_COMPONENT).unwrap();
-        let (_, second) = cache.load(&engine, EMPTY_COMPONENT).unwrap();
+        let (_, first) = cache
+            .load(&engine, || Ok(engine.clone()), EMPTY_COMPONENT)
+            .unwrap();
+        let (_, second) = cache
+            .load(&engine, || Ok(engine.clone()), EMPTY_COMPONENT)
+            .unwrap();
         assert_eq!((first, second), (Origin::Compiled, Origin::Cached));
     }
 
@@ -261,12 +284,18 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let engine = engine();
         let cache = ArtifactCache::open(root.path(), &engine).unwrap();
-        cache.load(&engine, EMPTY_COMPONENT).unwrap();
+        cache
+            .load(&engine, || Ok(engine.clone()), EMPTY_COMPONENT)
+            .unwrap();
         let (path, _) = paths(&cache, EMPTY_COMPONENT);
         damage(&cache, &path);
-        let (_, origin) = cache.load(&engine, EMPTY_COMPONENT).unwrap();
+        let (_, origin) = cache
+            .load(&engine, || Ok(engine.clone()), EMPTY_COMPONENT)
+            .unwrap();
         assert_eq!(origin, Origin::Compiled);
-        let (_, origin) = cache.load(&engine, EMPTY_COMPONENT).unwrap();
+        let (_, origin) = cache
+            .load(&engine, || Ok(engine.clone()), EMPTY_COMPONENT)
+            .unwrap();
         assert_eq!(origin, Origin::Cached);
     }
 
@@ -292,7 +321,9 @@ mod tests {
     fn an_entry_replaced_by_another_valid_artifact_is_compiled_again() {
         damaged_entry_is_compiled_again(|cache, path| {
             let engine = engine();
-            cache.load(&engine, OTHER_COMPONENT).unwrap();
+            cache
+                .load(&engine, || Ok(engine.clone()), OTHER_COMPONENT)
+                .unwrap();
             let (other, other_sum) = paths(cache, OTHER_COMPONENT);
             // What makes the digest necessary: wasmtime itself would load it.
             assert!(deserialize_bytes(&engine, &fs::read(&other).unwrap()).is_ok());
@@ -359,7 +390,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let engine = engine();
         let cache = ArtifactCache::open(root.path(), &engine).unwrap();
-        cache.load(&engine, EMPTY_COMPONENT).unwrap();
+        cache
+            .load(&engine, || Ok(engine.clone()), EMPTY_COMPONENT)
+            .unwrap();
         let (path, sum) = paths(&cache, EMPTY_COMPONENT);
         for file in [path, sum] {
             assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);

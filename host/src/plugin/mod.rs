@@ -142,6 +142,13 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
 /// The process-wide wasm runtime.
 pub struct PluginRuntime {
     engine: Engine,
+    /// The engine that compiles, made when a component first needs compiling:
+    /// one of its own with the same configuration (so what it compiles loads
+    /// into `engine`), so that Cranelift's reusable compilation state
+    /// (megabytes) goes when this runtime does, after start-up, rather than
+    /// living as long as the components.
+    compiler: std::sync::Mutex<Option<Engine>>,
+    config: wasmtime::Config,
     linker: Linker<HostState>,
     cache: Option<ArtifactCache>,
     ticker: Arc<EpochTicker>,
@@ -181,6 +188,8 @@ impl PluginRuntime {
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
         Ok(PluginRuntime {
             engine,
+            compiler: std::sync::Mutex::new(None),
+            config,
             linker,
             cache,
             ticker,
@@ -207,10 +216,24 @@ impl PluginRuntime {
         };
         check_header(wasm)?;
         match &self.cache {
-            Some(cache) => cache.load(&self.engine, wasm),
-            None => Component::new(&self.engine, wasm).map(|c| (c, Origin::Compiled)),
+            Some(cache) => cache.load(&self.engine, || self.compiler(), wasm),
+            None => self
+                .compiler()
+                .and_then(|compiler| cache::compile(&self.engine, &compiler, wasm))
+                .map(|c| (c, Origin::Compiled)),
         }
         .map_err(LoadError::Invalid)
+    }
+
+    /// The compiling engine ([`PluginRuntime::compiler`]'s field).
+    fn compiler(&self) -> wasmtime::Result<Engine> {
+        let mut slot = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(engine) = &*slot {
+            return Ok(engine.clone());
+        }
+        let engine = Engine::new(&self.config)?;
+        *slot = Some(engine.clone());
+        Ok(engine)
     }
 
     /// What a component is: whether it implements the probe world, what it
