@@ -28,7 +28,9 @@ fn fixture() -> &'static Fixture {
         config.wasm_component_model(true);
         let engine = wasmtime::Engine::new(&config).unwrap();
         let cache = ArtifactCache::open(dir.path(), &engine).unwrap();
-        cache.load(&engine, || Ok(engine.clone()), COMPONENT).unwrap();
+        cache
+            .load(&engine, || Ok(engine.clone()), COMPONENT)
+            .unwrap();
         let entry = std::fs::read_dir(cache.dir())
             .unwrap()
             .flatten()
@@ -46,11 +48,17 @@ fn fixture() -> &'static Fixture {
 
 fuzz_target!(|bytes: &[u8]| {
     let f = fixture();
-    let written = f.cache.load(&f.engine, || Ok(f.engine.clone()), COMPONENT).unwrap();
+    let written = f
+        .cache
+        .load(&f.engine, || Ok(f.engine.clone()), COMPONENT)
+        .unwrap();
     drop(written);
     let original = std::fs::read(&f.entry).unwrap();
     std::fs::write(&f.entry, bytes).unwrap();
-    let (_, origin) = f.cache.load(&f.engine, || Ok(f.engine.clone()), COMPONENT).unwrap();
+    let (_, origin) = f
+        .cache
+        .load(&f.engine, || Ok(f.engine.clone()), COMPONENT)
+        .unwrap();
     if bytes != original.as_slice() {
         assert_eq!(origin, Origin::Compiled, "a changed entry was loaded");
     }

@@ -1,26 +1,29 @@
-//! memcached caches: one client per server of each `[caches.NAME]`, and the bounded
+//! memcached caches: the servers of each `[caches.NAME]`, and the bounded
 //! `stats` request the `memcached` capability makes.
 //!
-//! The memcache crate is blocking, so every request runs on tokio's blocking pool
-//! and is bounded twice: by socket timeouts (so the blocking thread is released)
-//! and by an async timeout (so the caller answers in time even if it is not).
+//! Each request is one `stats` exchange on a fresh TCP connection, spoken
+//! here rather than through a client library: memcache 0.21's `stats` returns
+//! after the first line of whatever comes back, so a reply cut in the middle,
+//! a `SERVER_ERROR` or another service's answer all read as a healthy
+//! memcached. Here the reply counts only when it is whole: `STAT` lines, then
+//! `END`. A readiness check is rare and a connect on a healthy server costs
+//! one round trip, so there is no connection to keep alive and none that a
+//! cut could leave half-read.
+//!
+//! The exchange is blocking, so it runs on tokio's blocking pool and is
+//! bounded twice: by socket timeouts (so the blocking thread is released) and
+//! by an async timeout (so the caller answers in time even if it is not).
 //! Each server has at most one request outstanding: while one is stuck on a
 //! silent server, the next check fails at once instead of queueing threads.
-//!
-//! memcache connects through an r2d2 pool, which retries a failed connect in the
-//! background until its wait runs out, and connects without a timeout. So each
-//! request first opens (and closes) a TCP connection with a timeout of its own:
-//! a refused or unreachable server is reported at once, and as what it is.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use scheduled_thread_pool::ScheduledThreadPool;
-
-/// Connections kept per server.
-const MAX_CONNECTIONS: u32 = 2;
+/// The most a `stats` reply may hold (memcached's is about 3 KiB).
+const MAX_REPLY: u64 = 256 * 1024;
 
 /// Why a `stats` request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,54 +43,29 @@ pub struct Cache {
     servers: Vec<Server>,
 }
 
+#[derive(Debug)]
 struct Server {
     address: String,
-    client: memcache::Client,
     timeout: Duration,
     /// A request is outstanding.
     busy: Arc<AtomicBool>,
 }
 
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("address", &self.address)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
-}
-
 impl Cache {
-    /// Set up clients for `servers` (`host:port`) without connecting.
+    /// The cache named `name` on `servers` (`host:port`), each request to one
+    /// bounded by `timeout` (to connect, and for each read and write).
     pub fn new(name: &str, servers: &[String], timeout: Duration) -> Result<Cache, String> {
         let servers = servers
             .iter()
             .map(|address| {
-                // r2d2 connects on this thread; one per server, so a server that
-                // hangs on connect cannot hold up another's connections.
-                let thread_pool = Arc::new(
-                    ScheduledThreadPool::builder()
-                        .num_threads(1)
-                        .thread_name_pattern("memcached-connect")
-                        .build(),
-                );
-                let url = memcache::Url::parse(&format!(
-                    "memcache://{address}?timeout={}",
-                    timeout.as_secs_f64()
-                ))
-                .map_err(|e| format!("server `{address}`: {e}"))?;
-                let pool = r2d2::Pool::builder()
-                    .max_size(MAX_CONNECTIONS)
-                    .min_idle(Some(0))
-                    .connection_timeout(timeout)
-                    .idle_timeout(Some(Duration::from_secs(60)))
-                    .thread_pool(thread_pool)
-                    .error_handler(Box::new(r2d2::NopErrorHandler))
-                    .build_unchecked(memcache::ConnectionManager::new(url));
-                let client = memcache::Client::with_pool(pool).map_err(|e| e.to_string())?;
+                if address
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(format!("server `{address}` is not HOST:PORT"));
+                }
                 Ok(Server {
                     address: address.clone(),
-                    client,
                     timeout,
                     busy: Arc::new(AtomicBool::new(false)),
                 })
@@ -121,9 +99,8 @@ impl Cache {
             return Some(Err(CacheError::Timeout(server.timeout)));
         }
         let busy = BusyGuard(server.busy.clone());
-        let client = server.client.clone();
         let address = server.address.clone();
-        let connect_timeout = limit.min(server.timeout);
+        let timeout = limit.min(server.timeout);
         let deadline = Instant::now() + limit;
         let request = tokio::task::spawn_blocking(move || {
             let _busy = busy;
@@ -131,23 +108,14 @@ impl Cache {
             if Instant::now() >= deadline {
                 return Err(CacheError::Timeout(limit));
             }
-            reachable(&address, connect_timeout)?;
-            client.stats().map_err(|e| classify(e, connect_timeout))
+            stats_exchange(&address, timeout, deadline)
         });
         let result = match tokio::time::timeout(limit, request).await {
             Err(_) => Err(CacheError::Timeout(limit)),
             Ok(Err(join)) => Err(CacheError::Protocol(format!(
                 "stats request failed: {join}"
             ))),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Ok(Ok(mut per_server))) => match per_server.pop() {
-                Some((_, stats)) => {
-                    let mut stats: Vec<(String, String)> = stats.into_iter().collect();
-                    stats.sort();
-                    Ok(stats)
-                }
-                None => Err(CacheError::Protocol("no stats in reply".into())),
-            },
+            Ok(Ok(answer)) => answer,
         };
         Some(result)
     }
@@ -162,15 +130,16 @@ impl Drop for BusyGuard {
     }
 }
 
-/// Open and close a TCP connection to `address` within `timeout`.
-fn reachable(address: &str, timeout: Duration) -> Result<(), CacheError> {
+/// Connect to `address` within `timeout`: the first of its addresses that
+/// accepts.
+fn connect(address: &str, timeout: Duration) -> Result<TcpStream, CacheError> {
     let addresses = address
         .to_socket_addrs()
         .map_err(|e| CacheError::Connection(format!("cannot resolve {address}: {e}")))?;
     let mut last = CacheError::Connection(format!("{address} resolves to no address"));
     for addr in addresses {
         match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(_) => return Ok(()),
+            Ok(stream) => return Ok(stream),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 last = CacheError::Timeout(timeout)
             }
@@ -180,19 +149,89 @@ fn reachable(address: &str, timeout: Duration) -> Result<(), CacheError> {
     Err(last)
 }
 
-fn classify(e: memcache::MemcacheError, timeout: Duration) -> CacheError {
-    use memcache::MemcacheError as E;
-    match e {
-        E::IOError(io)
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) =>
-        {
+/// One `stats` exchange on a fresh connection: every `STAT name value` line
+/// up to `END`, sorted, or why there is no such reply. Each step is bounded
+/// by `timeout`, and all of them by `deadline`.
+fn stats_exchange(
+    address: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Vec<(String, String)>, CacheError> {
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
             CacheError::Timeout(timeout)
         }
-        E::IOError(io) => CacheError::Connection(io.to_string()),
-        E::PoolError(pool) => CacheError::Connection(pool.to_string()),
-        other => CacheError::Protocol(other.to_string()),
+        _ => CacheError::Connection(e.to_string()),
+    };
+    let left = || {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(CacheError::Timeout(timeout))
+        } else {
+            Ok(left.min(timeout))
+        }
+    };
+    let mut stream = connect(address, left()?)?;
+    let _ = stream.set_nodelay(true);
+    stream.set_write_timeout(Some(left()?)).map_err(io)?;
+    stream.write_all(b"stats\r\n").map_err(io)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(io)?.take(MAX_REPLY));
+    let mut stats = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        stream.set_read_timeout(Some(left()?)).map_err(io)?;
+        line.clear();
+        reader.read_until(b'\n', &mut line).map_err(io)?;
+        let Some(text) = line.strip_suffix(b"\n") else {
+            return Err(match (line.is_empty(), stats.is_empty()) {
+                (true, true) => CacheError::Connection("closed without answering".into()),
+                _ if reader.get_ref().limit() == 0 => {
+                    CacheError::Protocol(format!("reply longer than {MAX_REPLY} bytes"))
+                }
+                _ => CacheError::Protocol("the reply ended before END".into()),
+            });
+        };
+        let text = String::from_utf8_lossy(text.strip_suffix(b"\r").unwrap_or(text));
+        if text == "END" {
+            stats.sort();
+            return Ok(stats);
+        }
+        match text
+            .strip_prefix("STAT ")
+            .and_then(|stat| stat.split_once(' '))
+        {
+            Some((name, value)) if !name.is_empty() => {
+                stats.push((name.to_owned(), value.to_owned()));
+            }
+            _ => {
+                let shown: String = text.chars().take(80).collect();
+                return Err(CacheError::Protocol(format!(
+                    "not a stats reply: {shown:?}"
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_must_be_host_and_port() {
+        for bad in ["localhost", ":11211", "cache:port", "cache:70000"] {
+            assert!(
+                Cache::new("default", &[bad.to_owned()], Duration::from_secs(1)).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            Cache::new(
+                "default",
+                &["[::1]:11211".to_owned()],
+                Duration::from_secs(1)
+            )
+            .is_ok()
+        );
     }
 }

@@ -182,3 +182,65 @@ fn config_check_prints_the_grants_each_probe_resolves_to() {
     );
     assert!(!redis.contains("network"), "{redis}");
 }
+
+/// A loopback server that reads one request line from each connection and
+/// answers with `reply`, then closes.
+fn answering(reply: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut reader = std::io::BufReader::new(&stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = (&stream).write_all(reply);
+                }
+            });
+        }
+    });
+    address
+}
+
+#[test]
+fn a_memcached_probe_is_ready_only_on_a_whole_stats_reply() {
+    let cases: [(&[u8], bool); 5] = [
+        (b"STAT pid 1\r\nSTAT uptime 5\r\nEND\r\n", true),
+        // Cut in the middle of the reply, as a server dying or a proxy
+        // cutting would.
+        (b"STAT pid 1\r\nSTAT upt", false),
+        (b"STAT pid 1\r\nSTAT uptime 5\r\n", false),
+        (b"SERVER_ERROR out of memory\r\n", false),
+        // Something that is not memcached at all.
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", false),
+    ];
+    for (reply, ready) in cases {
+        let address = answering(reply);
+        let dir = TestDir::new();
+        let config = config_with(
+            &dir,
+            &format!(
+                "[caches.default]\nservers = [\"{address}\"]\n\
+                 [probes.cache]\ncomponent = \"builtin:memcached\"\n"
+            ),
+        );
+        let server = Server::start(&config);
+        let response = server.get("/readyz");
+        let reply = String::from_utf8_lossy(reply);
+        if ready {
+            assert_eq!(
+                (response.status, response.body.as_str()),
+                (200, "Ok"),
+                "{reply:?}"
+            );
+        } else {
+            assert_eq!(
+                (response.status, response.body.as_str()),
+                (503, "cache: could not connect to cache"),
+                "{reply:?}"
+            );
+        }
+    }
+}

@@ -299,10 +299,30 @@ impl Soak {
         self.deps[0].timeline.lock().unwrap()[0].0
     }
 
+    /// Each dependency's phases over the last few seconds, with when each
+    /// began (seconds into the run).
     fn phases(&self) -> String {
+        let started = self.started();
+        let since = Instant::now()
+            .checked_sub(Duration::from_secs(4))
+            .unwrap_or(started);
         self.deps
             .iter()
-            .map(|d| format!("{} {:?}", d.probe, d.current()))
+            .map(|d| {
+                let timeline = d.timeline.lock().unwrap();
+                let recent: Vec<String> = timeline
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| timeline.get(i + 1).is_none_or(|next| next.1 >= since))
+                    .map(|(_, (began, _, phase))| {
+                        format!(
+                            "{phase:?}@{:.1}s",
+                            began.duration_since(started).as_secs_f64()
+                        )
+                    })
+                    .collect();
+                format!("{} {}", d.probe, recent.join(">"))
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
