@@ -226,15 +226,24 @@ pub async fn serve(
 /// Ask a probehost serving this configuration for its readiness answer: on
 /// its probe socket when it has one, else (or if that does not answer) over
 /// loopback. `None` when nothing answers, or what answers is not probehost.
-pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
+/// Plain blocking I/O with timeouts: an exec probe starts no async runtime
+/// (nor any thread) to ask.
+pub fn ask_running_server(config: &Config) -> Option<(u16, String)> {
     let path = config.server.ready_paths.first()?;
     // Connecting to a live local server takes microseconds; allow the server's
     // own deadline for the answer.
     let limit = config.readiness.timeout + Duration::from_secs(1);
     if let Some(socket) = &config.server.socket {
-        let connect = tokio::net::UnixStream::connect(socket);
         let place = format!("the probe socket {}", socket.display());
-        if let Some(answer) = ask_at(connect, path, "localhost", &place, limit).await {
+        let connect = std::os::unix::net::UnixStream::connect(socket);
+        let answer = connect.map_err(|_| "nothing answers").and_then(|stream| {
+            stream
+                .set_read_timeout(Some(limit))
+                .and_then(|()| stream.set_write_timeout(Some(limit)))
+                .map_err(|_| "nothing answers")?;
+            ask(stream, path, "localhost")
+        });
+        if let Some(answer) = logged(answer, &place) {
             return Some(answer);
         }
     }
@@ -247,32 +256,21 @@ pub async fn ask_running_server(config: &Config) -> Option<(u16, String)> {
         ip => ip,
     };
     let address = SocketAddr::new(ip, listen.port());
-    let connect = tokio::net::TcpStream::connect(address);
     let place = format!("the server's port {address}");
-    ask_at(connect, path, &address.to_string(), &place, limit).await
+    let answer = std::net::TcpStream::connect_timeout(&address, limit)
+        .map_err(|_| "nothing answers")
+        .and_then(|stream| {
+            stream
+                .set_read_timeout(Some(limit))
+                .and_then(|()| stream.set_write_timeout(Some(limit)))
+                .map_err(|_| "nothing answers")?;
+            ask(stream, path, &address.to_string())
+        });
+    logged(answer, &place)
 }
 
-/// [`ask`] on the stream `connect` opens, within `limit`; the outcome is
-/// logged with `place`.
-async fn ask_at<S>(
-    connect: impl std::future::Future<Output = std::io::Result<S>>,
-    path: &str,
-    host: &str,
-    place: &str,
-    limit: Duration,
-) -> Option<(u16, String)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let exchange = async {
-        match connect.await {
-            Ok(stream) => ask(stream, path, host).await,
-            Err(_) => Err("nothing answers"),
-        }
-    };
-    let outcome = tokio::time::timeout(limit, exchange)
-        .await
-        .unwrap_or(Err("no answer in time"));
+/// The outcome of asking at `place`, logged.
+fn logged(outcome: Result<(u16, String), &str>, place: &str) -> Option<(u16, String)> {
     match outcome {
         Ok((status, body)) => {
             tracing::debug!(status, "answered by the running server on {place}");
@@ -286,20 +284,17 @@ where
 }
 
 /// `GET path` on `stream`, one request then close: the status and body, or
-/// why there are none.
-async fn ask<S>(mut stream: S, path: &str, host: &str) -> Result<(u16, String), &'static str>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// why there are none. Bounded by the stream's timeouts.
+fn ask(
+    mut stream: impl std::io::Read + std::io::Write,
+    path: &str,
+    host: &str,
+) -> Result<(u16, String), &'static str> {
     const BROKEN: &str = "no HTTP answer comes";
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|_| BROKEN)?;
+    stream.write_all(request.as_bytes()).map_err(|_| BROKEN)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.map_err(|_| BROKEN)?;
+    stream.read_to_end(&mut raw).map_err(|_| BROKEN)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or(BROKEN)?;
     let mut lines = head.lines();

@@ -103,10 +103,11 @@ impl Write for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
-        if !self.0.is_empty()
-            && let Some(sink) = SINK.get()
-        {
-            sink.send(std::mem::take(&mut self.0));
+        if !self.0.is_empty() {
+            // The writing thread starts with the first line: a command that
+            // logs nothing (an exec probe that passes) starts none.
+            SINK.get_or_init(Sink::start)
+                .send(std::mem::take(&mut self.0));
         }
     }
 }
@@ -126,7 +127,6 @@ impl<'a> MakeWriter<'a> for Lines {
 /// used instead.
 pub fn init(format: LogFormat, filter: &str) {
     use tracing_subscriber::EnvFilter;
-    SINK.get_or_init(Sink::start);
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
         let mut line = Line::default();
         let _ = writeln!(line, "ignoring invalid log filter {filter:?}: {e}");

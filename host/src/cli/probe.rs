@@ -95,8 +95,7 @@ pub(super) fn exec(global: &Global, args: &ProbeArgs) -> Result<u8, StartupError
 /// process, on a small runtime of its own.
 fn ready_once(global: &Global, local: bool) -> Result<Verdict, StartupError> {
     let config = load_config(global)?;
-    let runtime = super::current_thread_runtime("probe")?;
-    if !local && let Some((status, body)) = runtime.block_on(app::ask_running_server(&config)) {
+    if !local && let Some((status, body)) = app::ask_running_server(&config) {
         return Ok(if status == 200 {
             Verdict::Ready
         } else {
@@ -107,6 +106,7 @@ fn ready_once(global: &Global, local: bool) -> Result<Verdict, StartupError> {
             }
         });
     }
+    let runtime = super::current_thread_runtime("probe")?;
     let metrics = Arc::new(Metrics::new(config.probes.iter().map(|p| p.name.as_str())));
     let evaluator = app::build_evaluator(&config, runtime.handle(), metrics)?;
     let verdict = runtime.block_on(evaluator.evaluate(None));
