@@ -116,8 +116,10 @@ struct Dependency {
     probe: &'static str,
     proxy: FaultProxy,
     server: Option<PrivateServer>,
-    /// (change began, change done, phase)
-    timeline: Mutex<Vec<(Instant, Instant, Phase)>>,
+    /// (change began, change done, phase): a phase is recorded before its
+    /// change is made, so no answer can see a fault the timeline does not
+    /// have yet; until the change is done the phase before it holds too.
+    timeline: Mutex<Vec<(Instant, Option<Instant>, Phase)>>,
 }
 
 impl Dependency {
@@ -129,7 +131,7 @@ impl Dependency {
             probe,
             proxy,
             server,
-            timeline: Mutex::new(vec![(now, now, Phase::Up)]),
+            timeline: Mutex::new(vec![(now, Some(now), Phase::Up)]),
         }
     }
 
@@ -138,11 +140,16 @@ impl Dependency {
     }
 
     fn enter(&self, phase: Phase) {
-        let began = Instant::now();
-        if self.current() == Phase::Stopped
+        let was = self.current();
+        self.timeline
+            .lock()
+            .unwrap()
+            .push((Instant::now(), None, phase));
+        if was == Phase::Stopped
             && let Some(server) = &self.server
         {
             server.thaw();
+            self.wait_for_state(server, false);
         }
         match phase {
             Phase::Up => self.proxy.set_mode(Mode::Pass),
@@ -156,14 +163,30 @@ impl Dependency {
             Phase::CutReply => self.proxy.set_mode(Mode::CutReply),
             Phase::Slow => self.proxy.set_mode(Mode::Slow),
             Phase::Stopped => {
+                let server = self.server.as_ref().expect("a private server");
+                server.freeze();
+                self.wait_for_state(server, true);
                 self.proxy.set_mode(Mode::Pass);
-                self.server.as_ref().expect("a private server").freeze();
             }
         }
-        self.timeline
-            .lock()
-            .unwrap()
-            .push((began, Instant::now(), phase));
+        self.timeline.lock().unwrap().last_mut().unwrap().1 = Some(Instant::now());
+    }
+
+    /// Wait until the kernel reports `server` stopped (or running): a signal
+    /// is delivered asynchronously.
+    fn wait_for_state(&self, server: &PrivateServer, stopped: bool) {
+        let pid = server.pid().expect("a running private server");
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('T')))
+        };
+        assert!(
+            harness::eventually(Duration::from_secs(2), || state() == Some(stopped)),
+            "{}'s server (pid {pid}) is not {} after the signal",
+            self.probe,
+            if stopped { "stopped" } else { "running" }
+        );
     }
 
     /// Whether the dependency was healthy throughout `from..=to`: `Some` when
@@ -173,8 +196,8 @@ impl Dependency {
         let mut seen: Option<bool> = None;
         for (i, (began, _, phase)) in timeline.iter().enumerate() {
             // A phase holds from when its change began until the next
-            // change was done.
-            let until = timeline.get(i + 1).map(|next| next.1);
+            // change was done (`None`: to this moment).
+            let until = timeline.get(i + 1).and_then(|next| next.1);
             let overlaps = *began <= to && until.is_none_or(|until| until >= from);
             if !overlaps {
                 continue;
@@ -191,7 +214,7 @@ impl Dependency {
     fn hangs_between(&self, from: Instant, to: Instant) -> bool {
         let timeline = self.timeline.lock().unwrap();
         timeline.iter().enumerate().any(|(i, (began, _, phase))| {
-            let until = timeline.get(i + 1).map(|next| next.1);
+            let until = timeline.get(i + 1).and_then(|next| next.1);
             phase.hangs() && *began <= to && until.is_none_or(|until| until >= from)
         })
     }
@@ -313,7 +336,12 @@ impl Soak {
                 let recent: Vec<String> = timeline
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| timeline.get(i + 1).is_none_or(|next| next.1 >= since))
+                    .filter(|(i, _)| {
+                        timeline
+                            .get(i + 1)
+                            .and_then(|next| next.1)
+                            .is_none_or(|done| done >= since)
+                    })
                     .map(|(_, (began, _, phase))| {
                         format!(
                             "{phase:?}@{:.1}s",
@@ -444,6 +472,11 @@ fn main() {
 
     report(&soak, &samples, connections);
     let wrong = soak.tally.wrong.lock().unwrap();
+    if !wrong.is_empty() {
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-seed-{seed}.log"));
+        std::fs::write(&log, soak.server.log()).unwrap();
+        println!("soak: the server's log: {}", log.display());
+    }
     assert!(settled, "not ready again once every dependency was back up");
     assert!(
         wrong.is_empty(),

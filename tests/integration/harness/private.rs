@@ -122,6 +122,11 @@ impl PrivateServer {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stop answering while keeping the port open (the kernel still accepts).
     pub fn freeze(&self) {
         self.signal(Signal::STOP);
