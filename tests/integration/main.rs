@@ -25,5 +25,6 @@ mod refusals;
 mod sandbox;
 mod secrets;
 mod serve;
+mod slow;
 mod user_probes;
 mod wait;
