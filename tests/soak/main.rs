@@ -145,12 +145,8 @@ impl Dependency {
             .lock()
             .unwrap()
             .push((Instant::now(), None, phase));
-        if was == Phase::Stopped
-            && let Some(server) = &self.server
-        {
-            server.thaw();
-            self.wait_for_state(server, false);
-        }
+        // The proxy's new mode first, then the server's signal: every
+        // moment in between is one of the two phases.
         match phase {
             Phase::Up => self.proxy.set_mode(Mode::Pass),
             Phase::Refused => {
@@ -164,10 +160,19 @@ impl Dependency {
             Phase::Slow => self.proxy.set_mode(Mode::Slow),
             Phase::Stopped => {
                 let server = self.server.as_ref().expect("a private server");
-                server.freeze();
-                self.wait_for_state(server, true);
+                if was != Phase::Stopped {
+                    server.freeze();
+                    self.wait_for_state(server, true);
+                }
                 self.proxy.set_mode(Mode::Pass);
             }
+        }
+        if was == Phase::Stopped
+            && phase != Phase::Stopped
+            && let Some(server) = &self.server
+        {
+            server.thaw();
+            self.wait_for_state(server, false);
         }
         self.timeline.lock().unwrap().last_mut().unwrap().1 = Some(Instant::now());
     }
