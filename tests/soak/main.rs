@@ -194,34 +194,37 @@ impl Dependency {
         );
     }
 
+    /// The phases that held at some moment in `from..=to`, with when each
+    /// began. A phase holds from when its change began until the next change
+    /// was done (to this moment while that change is being made).
+    fn phases_between(&self, from: Instant, to: Instant) -> Vec<(Instant, Phase)> {
+        let timeline = self.timeline.lock().unwrap();
+        timeline
+            .iter()
+            .enumerate()
+            .filter(|(i, (began, _, _))| {
+                let until = timeline.get(i + 1).and_then(|next| next.1);
+                *began <= to && until.is_none_or(|until| until >= from)
+            })
+            .map(|(_, (began, _, phase))| (*began, *phase))
+            .collect()
+    }
+
     /// Whether the dependency was healthy throughout `from..=to`: `Some` when
     /// every phase it was in then agrees, `None` when they differ.
     fn healthy_between(&self, from: Instant, to: Instant) -> Option<bool> {
-        let timeline = self.timeline.lock().unwrap();
-        let mut seen: Option<bool> = None;
-        for (i, (began, _, phase)) in timeline.iter().enumerate() {
-            // A phase holds from when its change began until the next
-            // change was done (`None`: to this moment).
-            let until = timeline.get(i + 1).and_then(|next| next.1);
-            let overlaps = *began <= to && until.is_none_or(|until| until >= from);
-            if !overlaps {
-                continue;
-            }
-            match seen {
-                None => seen = Some(phase.healthy()),
-                Some(h) if h != phase.healthy() => return None,
-                Some(_) => {}
-            }
-        }
-        seen
+        let phases = self.phases_between(from, to);
+        let first = phases.first()?.1.healthy();
+        phases
+            .iter()
+            .all(|(_, phase)| phase.healthy() == first)
+            .then_some(first)
     }
 
     fn hangs_between(&self, from: Instant, to: Instant) -> bool {
-        let timeline = self.timeline.lock().unwrap();
-        timeline.iter().enumerate().any(|(i, (began, _, phase))| {
-            let until = timeline.get(i + 1).and_then(|next| next.1);
-            phase.hangs() && *began <= to && until.is_none_or(|until| until >= from)
-        })
+        self.phases_between(from, to)
+            .iter()
+            .any(|(_, phase)| phase.hangs())
     }
 }
 
@@ -337,17 +340,10 @@ impl Soak {
         self.deps
             .iter()
             .map(|d| {
-                let timeline = d.timeline.lock().unwrap();
-                let recent: Vec<String> = timeline
+                let recent: Vec<String> = d
+                    .phases_between(since, Instant::now())
                     .iter()
-                    .enumerate()
-                    .filter(|(i, _)| {
-                        timeline
-                            .get(i + 1)
-                            .and_then(|next| next.1)
-                            .is_none_or(|done| done >= since)
-                    })
-                    .map(|(_, (began, _, phase))| {
+                    .map(|(began, phase)| {
                         format!(
                             "{phase:?}@{:.1}s",
                             began.duration_since(started).as_secs_f64()
