@@ -41,7 +41,17 @@ fn dependencies_slow_within_the_deadline_are_ready() {
         proxy.set_mode(Mode::Refuse);
         proxy.cut();
     }
-    assert_eq!(server.get("/readyz").status, 503);
+    // Verbose, so the answer waits for every check of this evaluation: a
+    // plain 503 comes with the first failure, and the next request would
+    // join the checks still in flight (and, by design, their results).
+    let down = server.get("/readyz?verbose");
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert_eq!(
+        down.body.lines().filter(|l| l.starts_with("[-]")).count(),
+        3,
+        "every dependency is down:\n{}",
+        down.body
+    );
     for proxy in &proxies {
         proxy.set_mode(Mode::Slow);
     }
