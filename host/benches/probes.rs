@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `/livez` throughput, 32 keep-alive connections, 3 alternating rounds of 3 s | a minimal hyper server (same runtime, same load) |
 //! | `/readyz` latency, one connection, database + memcached probes | `SELECT 1` + `stats` straight to the services |
-//! | instantiate + call of a probe component | the same call with no component (spawn on the guest runtime only) |
+//! | instantiate + call of a probe component (`PROBEHOST_BENCH=check`) | the same call with no component (spawn on the guest runtime only) |
 //! | `probe --live` wall time | `/bin/true` |
 //! | `probe --ready` wall time, PostgreSQL + memcached | `probe --live` |
 //! | resident memory of `serve` after the load | the minimal hyper server after the same load |
@@ -95,6 +95,7 @@ fn main() {
         Ok("busy") => return busy_application(&rt, &dir),
         Ok("hotpath") => return hot_path(&rt, &dir),
         Ok("memory") => return memory(&rt, &config),
+        Ok("check") => return check_only(&rt),
         _ => {}
     }
 
@@ -155,19 +156,7 @@ fn main() {
     stalled_readers(&rt, &dir);
     stuck_http2_streams(&rt, &dir);
 
-    // Instantiate + call of one probe component, in process.
-    let (with_wasm, without) = rt.block_on(instantiate_and_call());
-    report(
-        "probe check p50 (fresh instance + call)",
-        micros(with_wasm),
-        micros(without),
-        "µs",
-        "",
-    );
-    println!(
-        "    → instantiate + call overhead: {:.0} µs per probe [< 100 µs]",
-        micros(with_wasm) - micros(without)
-    );
+    check_only(&rt);
 
     // Exec probes.
     let true_wall = median_wall(&mut Command::new("true"));
@@ -839,6 +828,23 @@ async fn dependency_latencies_of(with_cache: bool) -> Duration {
         }
     }
     median(samples)
+}
+
+/// Instantiate + call of one probe component, in process
+/// (`PROBEHOST_BENCH=check` runs only this).
+fn check_only(rt: &tokio::runtime::Runtime) {
+    let (with_wasm, without) = rt.block_on(instantiate_and_call());
+    report(
+        "probe check p50 (fresh instance + call)",
+        micros(with_wasm),
+        micros(without),
+        "µs",
+        "",
+    );
+    println!(
+        "    → instantiate + call overhead: {:.0} µs per probe [< 100 µs]",
+        micros(with_wasm) - micros(without)
+    );
 }
 
 /// p50 of a check of the test probe (a fresh instance and a call of `ready`),

@@ -10,17 +10,16 @@
 //! one round trip, so there is no connection to keep alive and none that a
 //! cut could leave half-read.
 //!
-//! The exchange is blocking, so it runs on tokio's blocking pool and is
-//! bounded twice: by socket timeouts (so the blocking thread is released) and
-//! by an async timeout (so the caller answers in time even if it is not).
-//! Each server has at most one request outstanding: while one is stuck on a
-//! silent server, the next check fails at once instead of queueing threads.
+//! The exchange runs on the caller's runtime (no blocking thread, no hop to
+//! another one): connecting and each read are bounded by the cache's
+//! `timeout`, the whole request by the caller's budget. A request that is
+//! dropped (its check ended) closes its connection.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
 
 /// The most a `stats` reply may hold (memcached's is about 3 KiB).
 const MAX_REPLY: u64 = 256 * 1024;
@@ -47,8 +46,6 @@ pub struct Cache {
 struct Server {
     address: String,
     timeout: Duration,
-    /// A request is outstanding.
-    busy: Arc<AtomicBool>,
 }
 
 impl Cache {
@@ -67,7 +64,6 @@ impl Cache {
                 Ok(Server {
                     address: address.clone(),
                     timeout,
-                    busy: Arc::new(AtomicBool::new(false)),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -95,93 +91,61 @@ impl Cache {
     ) -> Option<Result<Vec<(String, String)>, CacheError>> {
         let server = self.servers.iter().find(|s| s.address == server)?;
         let limit = budget.min(server.timeout * 2);
-        if server.busy.swap(true, Ordering::AcqRel) {
-            return Some(Err(CacheError::Timeout(server.timeout)));
-        }
-        let busy = BusyGuard(server.busy.clone());
-        let address = server.address.clone();
-        let timeout = limit.min(server.timeout);
         let deadline = Instant::now() + limit;
-        let request = tokio::task::spawn_blocking(move || {
-            let _busy = busy;
-            // The thread may start late if the blocking pool is busy.
-            if Instant::now() >= deadline {
-                return Err(CacheError::Timeout(limit));
-            }
-            stats_exchange(&address, timeout, deadline)
-        });
-        let result = match tokio::time::timeout(limit, request).await {
-            Err(_) => Err(CacheError::Timeout(limit)),
-            Ok(Err(join)) => Err(CacheError::Protocol(format!(
-                "stats request failed: {join}"
-            ))),
-            Ok(Ok(answer)) => answer,
-        };
-        Some(result)
-    }
-}
-
-/// Clears a server's `busy` flag when the request ends, however it ends.
-struct BusyGuard(Arc<AtomicBool>);
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        let step = limit.min(server.timeout);
+        Some(
+            match timeout_at(deadline, stats_exchange(&server.address, step)).await {
+                Err(_) => Err(CacheError::Timeout(limit)),
+                Ok(answer) => answer,
+            },
+        )
     }
 }
 
 /// Connect to `address` within `timeout`: the first of its addresses that
 /// accepts.
-fn connect(address: &str, timeout: Duration) -> Result<TcpStream, CacheError> {
-    let addresses = address
-        .to_socket_addrs()
+async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, CacheError> {
+    let addresses = tokio::net::lookup_host(address)
+        .await
         .map_err(|e| CacheError::Connection(format!("cannot resolve {address}: {e}")))?;
     let mut last = CacheError::Connection(format!("{address} resolves to no address"));
     for addr in addresses {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => return Ok(stream),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                last = CacheError::Timeout(timeout)
-            }
-            Err(e) => last = CacheError::Connection(format!("{addr}: {e}")),
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) => last = CacheError::Connection(format!("{addr}: {e}")),
+            Err(_) => last = CacheError::Timeout(timeout),
         }
     }
     Err(last)
 }
 
+/// One step of the exchange, within `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, CacheError> {
+    match tokio::time::timeout(timeout, io).await {
+        Ok(result) => result.map_err(|e| CacheError::Connection(e.to_string())),
+        Err(_) => Err(CacheError::Timeout(timeout)),
+    }
+}
+
 /// One `stats` exchange on a fresh connection: every `STAT name value` line
-/// up to `END`, sorted, or why there is no such reply. Each step is bounded
-/// by `timeout`, and all of them by `deadline`.
-fn stats_exchange(
+/// up to `END`, sorted, or why there is no such reply. Connecting, the
+/// request and each read are bounded by `timeout`.
+async fn stats_exchange(
     address: &str,
     timeout: Duration,
-    deadline: Instant,
 ) -> Result<Vec<(String, String)>, CacheError> {
-    let io = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-            CacheError::Timeout(timeout)
-        }
-        _ => CacheError::Connection(e.to_string()),
-    };
-    let left = || {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            Err(CacheError::Timeout(timeout))
-        } else {
-            Ok(left.min(timeout))
-        }
-    };
-    let mut stream = connect(address, left()?)?;
+    let mut stream = connect(address, timeout).await?;
     let _ = stream.set_nodelay(true);
-    stream.set_write_timeout(Some(left()?)).map_err(io)?;
-    stream.write_all(b"stats\r\n").map_err(io)?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(io)?.take(MAX_REPLY));
+    within(timeout, stream.write_all(b"stats\r\n")).await?;
+    let mut reader = BufReader::new(stream.take(MAX_REPLY));
     let mut stats = Vec::new();
     let mut line = Vec::new();
     loop {
-        stream.set_read_timeout(Some(left()?)).map_err(io)?;
         line.clear();
-        reader.read_until(b'\n', &mut line).map_err(io)?;
+        within(timeout, reader.read_until(b'\n', &mut line)).await?;
         let Some(text) = line.strip_suffix(b"\n") else {
             return Err(match (line.is_empty(), stats.is_empty()) {
                 (true, true) => CacheError::Connection("closed without answering".into()),

@@ -184,6 +184,25 @@ fn readyz_is_503_when_one_of_two_memcached_servers_is_down_and_recovers() {
 }
 
 #[test]
+fn probes_asking_one_memcached_server_at_once_are_all_ready() {
+    require(Service::Memcached);
+    let dir = TestDir::new();
+    let config = dir.config(&format!(
+        "{}[caches.default]\nservers = [\"127.0.0.1:11211\"]\n\
+         [probes.first]\ncomponent = \"builtin:memcached\"\n\
+         [probes.second]\ncomponent = \"builtin:memcached\"\n\
+         [probes.third]\ncomponent = \"builtin:memcached\"\n",
+        server_section(),
+    ));
+    let server = Server::start(&config);
+    let all_ok = "[+]first ok\n[+]second ok\n[+]third ok\nreadiness check passed\n";
+    for round in 0..30 {
+        let answer = server.get("/readyz?verbose");
+        assert_eq!(answer.body, all_ok, "round {round}; log:\n{}", server.log());
+    }
+}
+
+#[test]
 fn readyz_is_503_within_deadline_when_database_frozen_while_livez_answers_at_once() {
     require(Service::Postgres);
     let postgres = FaultProxy::start(Service::Postgres.address(), Mode::Freeze);
