@@ -93,7 +93,8 @@ pub fn build_evaluator(
 ) -> Result<Arc<Evaluator>, StartupError> {
     config.check_ready()?;
     let _enter = guests.enter();
-    let runtime = PluginRuntime::new(config.runtime.cache_dir.as_deref())?;
+    let runtime =
+        PluginRuntime::for_probes(config.runtime.cache_dir.as_deref(), config.probes.len())?;
     let loaded = load_components(config, &runtime)?;
     let compiled = loaded
         .iter()

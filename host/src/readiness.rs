@@ -17,11 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::metrics::{CheckResult, Metrics};
 use crate::plugin::{CheckOutcome, Plugin, ProbeRequest};
@@ -341,12 +340,17 @@ impl Evaluator {
             .iter()
             .enumerate()
             .map(|(index, plugin)| {
-                let plugin = plugin.clone();
                 let request = request.clone();
-                let task = AbortOnDrop(self.guests.spawn(async move {
-                    plugin.check(request.as_deref(), started, deadline).await
-                }));
-                async move { (index, task.join().await) }
+                async move {
+                    let check = plugin.check(request.as_deref(), started, deadline);
+                    let outcome = match std::panic::AssertUnwindSafe(check).catch_unwind().await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            CheckOutcome::Crashed("internal error: the check panicked".into())
+                        }
+                    };
+                    (index, outcome)
+                }
             })
             .collect();
 
@@ -557,23 +561,5 @@ pub fn format_size(bytes: usize) -> String {
         format!("{} KiB", bytes / KIB)
     } else {
         format!("{bytes} bytes")
-    }
-}
-
-/// A spawned check that is cancelled when it is no longer awaited.
-struct AbortOnDrop(JoinHandle<CheckOutcome>);
-
-impl AbortOnDrop {
-    async fn join(mut self) -> CheckOutcome {
-        match (&mut self.0).await {
-            Ok(outcome) => outcome,
-            Err(e) => CheckOutcome::Crashed(format!("internal error: {e}")),
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

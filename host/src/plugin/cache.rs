@@ -78,11 +78,22 @@ impl ArtifactCache {
         compiler: impl FnOnce() -> wasmtime::Result<Engine>,
         wasm: &[u8],
     ) -> wasmtime::Result<(Component, Origin)> {
+        self.load_with(|code| deserialize_bytes(engine, code), compiler, wasm)
+    }
+
+    /// [`ArtifactCache::load`], with `load` loading the machine code (into
+    /// whichever engine it chooses).
+    pub(crate) fn load_with(
+        &self,
+        load: impl Fn(&[u8]) -> wasmtime::Result<Component>,
+        compiler: impl FnOnce() -> wasmtime::Result<Engine>,
+        wasm: &[u8],
+    ) -> wasmtime::Result<(Component, Origin)> {
         let key = Sha256::digest(wasm);
         let (path, sum) = self.entry_paths(&key);
         if path.exists() {
             let loaded = verified(&path, &sum, &key)
-                .and_then(|code| deserialize_bytes(engine, &code).map_err(|e| format!("{e:#}")));
+                .and_then(|code| load(&code).map_err(|e| format!("{e:#}")));
             match loaded {
                 Ok(component) => return Ok((component, Origin::Cached)),
                 Err(reason) => {
@@ -101,7 +112,7 @@ impl ArtifactCache {
         }
         // Load what was just compiled from memory; a failed store must not fail
         // the load.
-        let component = deserialize_bytes(engine, &code)?;
+        let component = load(&code)?;
         Ok((component, Origin::Compiled))
     }
 
@@ -167,22 +178,22 @@ fn verified(path: &Path, sum: &Path, key: &[u8]) -> Result<Vec<u8>, String> {
     Ok(code)
 }
 
-/// Compile `wasm` with `compiler` and load the machine code into `engine`
-/// (configured alike), without a cache.
+/// Compile `wasm` with `compiler` and `load` the machine code, without a
+/// cache.
 pub(crate) fn compile(
-    engine: &Engine,
+    load: impl Fn(&[u8]) -> wasmtime::Result<Component>,
     compiler: &Engine,
     wasm: &[u8],
 ) -> wasmtime::Result<Component> {
     let code = compiler.precompile_component(wasm)?;
-    deserialize_bytes(engine, &code)
+    load(&code)
 }
 
 /// Load machine code: produced by `precompile_component` a moment ago,
 /// or a cache entry whose digest matches the one this process's user recorded
 /// when it wrote it ([`verified`]), in a directory only that user can write.
 #[allow(unsafe_code)]
-fn deserialize_bytes(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
+pub(crate) fn deserialize_bytes(engine: &Engine, code: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: see above; wasmtime additionally verifies the artifact's header
     // and engine compatibility before using it.
     unsafe { Component::deserialize(engine, code) }

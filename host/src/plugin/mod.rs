@@ -2,11 +2,21 @@
 //! bounded instance.
 //!
 //! There is one [`PluginRuntime`] per process: one wasmtime `Engine` with epoch
-//! interruption, one `Linker` with WASI preview 2 and the probehost capabilities,
-//! an epoch ticker thread, and the compiled-component cache. Each configured probe
-//! becomes a [`Plugin`]: an `InstancePre` built once, plus its grants and bounds.
-//! Each check gets a fresh `Store` with a memory limiter and a deadline that the
-//! epoch enforces even on a guest that never returns to the host.
+//! interruption and a pooling instance allocator, one `Linker` with WASI
+//! preview 2 and the probehost capabilities, an epoch ticker thread, and the
+//! compiled-component cache. Each configured probe becomes a [`Plugin`]: an
+//! `InstancePre` built once, plus its grants and bounds. Each check gets a
+//! fresh `Store` with a memory limiter and a deadline that the epoch enforces
+//! even on a guest that never returns to the host.
+//!
+//! The pool keeps each instance's memory, tables and stack mapped between
+//! checks (reset, never shared), so a check costs no `mmap`/`munmap` and no
+//! page faults on memory the last instance of the same component touched. A
+//! check takes one of the pool's slots for as long as its instance lives,
+//! waiting for one within its own deadline; there are slots for two checks of
+//! every configured probe at once. A component larger than a slot allows
+//! (more memories, tables or core instances) runs from a second engine that
+//! allocates on demand, as every component did before the pool.
 //!
 //! This module knows nothing of HTTP or of how results are combined; see
 //! [`crate::readiness`].
@@ -22,8 +32,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 use self::bindings::probehost::probe::types;
 use self::bindings::{Probe, ProbePre};
@@ -35,6 +48,20 @@ pub use self::net::{GrantHost, HttpOrigin, NetworkGrant};
 /// How often the epoch advances: the granularity of deadlines, and how often a
 /// long-running guest yields its worker thread.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// What one pool slot holds: enough for every bundled probe and for
+/// componentize-py's Python probes (14 core instances, 1 memory, 2 tables).
+const SLOT_CORE_INSTANCES: u32 = 32;
+const SLOT_MEMORIES: u32 = 2;
+const SLOT_TABLES: u32 = 4;
+const SLOT_TABLE_ELEMENTS: usize = 100_000;
+/// Linear memory reset in place (rather than returned to the kernel) when an
+/// instance ends. None: measured with `PROBEHOST_BENCH=check`, resetting a
+/// bundled probe's first 64 KiB in place costs as much as the page faults it
+/// saves, and its first MiB costs 19 µs more per check.
+const KEEP_RESIDENT: usize = 0;
+/// Pool slots when the number of probes is not known (tools, tests).
+pub const DEFAULT_SLOTS: u32 = 8;
+
 /// Longest not-ready message kept from a probe.
 pub const MAX_MESSAGE: usize = 4096;
 /// The WIT world every probe component implements.
@@ -141,17 +168,46 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
 
 /// The process-wide wasm runtime.
 pub struct PluginRuntime {
-    engine: Engine,
+    /// Where components run: the pooling engine.
+    pooled: Linked,
+    /// One per instance the pool can hold at once.
+    slots: Arc<Semaphore>,
+    /// The on-demand engine, made for the first component that does not fit
+    /// a pool slot.
+    on_demand: std::sync::OnceLock<Linked>,
     /// The engine that compiles, made when a component first needs compiling:
     /// one of its own with the same configuration (so what it compiles loads
-    /// into `engine`), so that Cranelift's reusable compilation state
+    /// into `pooled`), so that Cranelift's reusable compilation state
     /// (megabytes) goes when this runtime does, after start-up, rather than
     /// living as long as the components.
     compiler: std::sync::Mutex<Option<Engine>>,
+    /// The configuration shared by every engine here, allocating on demand.
     config: wasmtime::Config,
-    linker: Linker<HostState>,
     cache: Option<ArtifactCache>,
+}
+
+/// An engine with its linker and its epoch ticker.
+struct Linked {
+    engine: Engine,
+    linker: Linker<HostState>,
     ticker: Arc<EpochTicker>,
+}
+
+impl Linked {
+    fn new(config: &wasmtime::Config) -> wasmtime::Result<Linked> {
+        let engine = Engine::new(config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        limit_name_lookups(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        let ticker = Arc::new(EpochTicker::start(engine.clone()));
+        Ok(Linked {
+            engine,
+            linker,
+            ticker,
+        })
+    }
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -163,36 +219,55 @@ impl std::fmt::Debug for PluginRuntime {
 }
 
 impl PluginRuntime {
-    /// Create the engine and linker. With `cache_dir`, compiled components are
-    /// cached there; a directory that is unusable or unsafe is reported and the
-    /// runtime compiles in memory instead.
+    /// Create the engines and linker, with [`DEFAULT_SLOTS`] pool slots. With
+    /// `cache_dir`, compiled components are cached there; a directory that is
+    /// unusable or unsafe is reported and the runtime compiles in memory
+    /// instead.
     pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<PluginRuntime> {
+        PluginRuntime::with_slots(cache_dir, DEFAULT_SLOTS)
+    }
+
+    /// The runtime for `probes` configured probes: pool slots for two checks of
+    /// each at once (an evaluation, and the end of the one before it).
+    pub fn for_probes(cache_dir: Option<&Path>, probes: usize) -> anyhow::Result<PluginRuntime> {
+        let slots = u32::try_from(probes.saturating_mul(2)).unwrap_or(u32::MAX);
+        PluginRuntime::with_slots(cache_dir, slots.max(DEFAULT_SLOTS))
+    }
+
+    fn with_slots(cache_dir: Option<&Path>, slots: u32) -> anyhow::Result<PluginRuntime> {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        limit_name_lookups(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        Probe::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_stacks(slots)
+            .max_core_instances_per_component(SLOT_CORE_INSTANCES)
+            .total_core_instances(slots.saturating_mul(SLOT_CORE_INSTANCES))
+            .max_memories_per_component(SLOT_MEMORIES)
+            .total_memories(slots.saturating_mul(SLOT_MEMORIES))
+            .max_tables_per_component(SLOT_TABLES)
+            .total_tables(slots.saturating_mul(SLOT_TABLES))
+            .table_elements(SLOT_TABLE_ELEMENTS)
+            .linear_memory_keep_resident(KEEP_RESIDENT);
+        let mut pooled_config = config.clone();
+        pooled_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let pooled = Linked::new(&pooled_config)?;
 
-        let cache = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &engine) {
+        let cache = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &pooled.engine) {
             Ok(cache) => Some(cache),
             Err(e) => {
                 tracing::warn!("not caching compiled components: {e}");
                 None
             }
         });
-        let ticker = Arc::new(EpochTicker::start(engine.clone()));
         Ok(PluginRuntime {
-            engine,
+            pooled,
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            on_demand: std::sync::OnceLock::new(),
             compiler: std::sync::Mutex::new(None),
             config,
-            linker,
             cache,
-            ticker,
         })
     }
 
@@ -215,14 +290,45 @@ impl PluginRuntime {
             }
         };
         check_header(wasm)?;
+        let load = |code: &[u8]| self.deserialize(code);
         match &self.cache {
-            Some(cache) => cache.load(&self.engine, || self.compiler(), wasm),
+            Some(cache) => cache.load_with(load, || self.compiler(), wasm),
             None => self
                 .compiler()
-                .and_then(|compiler| cache::compile(&self.engine, &compiler, wasm))
+                .and_then(|compiler| cache::compile(load, &compiler, wasm))
                 .map(|c| (c, Origin::Compiled)),
         }
         .map_err(LoadError::Invalid)
+    }
+
+    /// Load machine code into the pooling engine, or into the on-demand one if
+    /// the component does not fit a pool slot.
+    fn deserialize(&self, code: &[u8]) -> wasmtime::Result<Component> {
+        let too_large = match cache::deserialize_bytes(&self.pooled.engine, code) {
+            Ok(component) => return Ok(component),
+            Err(e) => e,
+        };
+        let on_demand = match self.on_demand.get() {
+            Some(linked) => linked,
+            None => {
+                let linked = Linked::new(&self.config)?;
+                self.on_demand.get_or_init(|| linked)
+            }
+        };
+        let component = cache::deserialize_bytes(&on_demand.engine, code)?;
+        tracing::info!(
+            "a component does not fit a pool slot, so its instances are allocated on demand: {}",
+            one_line(&too_large)
+        );
+        Ok(component)
+    }
+
+    /// The engine and linker `component` was loaded into.
+    fn linked(&self, component: &Component) -> &Linked {
+        match self.on_demand.get() {
+            Some(linked) if Engine::same(component.engine(), &linked.engine) => linked,
+            _ => &self.pooled,
+        }
     }
 
     /// The compiling engine ([`PluginRuntime::compiler`]'s field).
@@ -240,16 +346,17 @@ impl PluginRuntime {
     /// imports and exports, and which grants its imports call for.
     pub fn inspect(&self, source: &ComponentSource) -> Result<Inspection, LoadError> {
         let (component, _) = self.compile(source)?;
+        let linked = self.linked(&component);
         let ty = component.component_type();
         let imports: Vec<String> = ty
-            .imports(&self.engine)
+            .imports(&linked.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
         let exports: Vec<String> = ty
-            .exports(&self.engine)
+            .exports(&linked.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        let probe = self
+        let probe = linked
             .linker
             .instantiate_pre(&component)
             .and_then(ProbePre::new)
@@ -266,7 +373,9 @@ impl PluginRuntime {
     pub fn load(&self, source: &ComponentSource) -> Result<Loaded, LoadError> {
         let started = Instant::now();
         let (component, origin) = self.compile(source)?;
-        let pre = self
+        let linked = self.linked(&component);
+        let pooled = std::ptr::eq(linked, &self.pooled);
+        let pre = linked
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
@@ -281,7 +390,8 @@ impl PluginRuntime {
         Ok(Loaded {
             pre,
             origin,
-            ticker: self.ticker.clone(),
+            slots: pooled.then(|| self.slots.clone()),
+            ticker: linked.ticker.clone(),
         })
     }
 }
@@ -290,6 +400,8 @@ impl PluginRuntime {
 pub struct Loaded {
     pre: ProbePre<HostState>,
     origin: Origin,
+    /// The pool's slots, if it runs from the pool.
+    slots: Option<Arc<Semaphore>>,
     /// Deadlines only work while the epoch advances.
     ticker: Arc<EpochTicker>,
 }
@@ -341,6 +453,7 @@ pub enum CheckOutcome {
 pub struct Plugin {
     name: Arc<str>,
     pre: ProbePre<HostState>,
+    slots: Option<Arc<Semaphore>>,
     grants: Arc<Grants>,
     timeout: Duration,
     memory_limit: usize,
@@ -368,6 +481,7 @@ impl Plugin {
         Plugin {
             name: name.into(),
             pre: loaded.pre,
+            slots: loaded.slots,
             grants: Arc::new(grants),
             timeout,
             memory_limit,
@@ -395,6 +509,19 @@ impl Plugin {
         deadline: Instant,
     ) -> CheckOutcome {
         let deadline = deadline.min(started + self.timeout);
+        // A pool slot for the instance, held until the store is gone (it is
+        // declared first, so dropped last). Waiting for one counts against the
+        // deadline like any other wait.
+        let _slot = match &self.slots {
+            Some(slots) => {
+                match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await
+                {
+                    Ok(Ok(slot)) => Some(slot),
+                    _ => return CheckOutcome::TimedOut,
+                }
+            }
+            None => None,
+        };
         let allowed = deadline.saturating_duration_since(Instant::now());
         // Host calls end this much before the deadline so the probe can still
         // answer with its own message.
@@ -616,5 +743,58 @@ impl Inspection {
         keys.sort_unstable();
         keys.dedup();
         keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of `n` core instances, each of a module with one memory:
+    /// a component with more memories than a pool slot holds.
+    fn component_with_memories(n: u8) -> Vec<u8> {
+        let module = [0, b'a', b's', b'm', 1, 0, 0, 0, 5, 3, 1, 0, 1];
+        let mut wasm = b"\0asm\x0d\0\x01\0".to_vec();
+        for _ in 0..n {
+            wasm.extend([1, module.len() as u8]);
+            wasm.extend(module);
+        }
+        let mut instances = vec![n];
+        for index in 0..n {
+            instances.extend([0, index, 0]);
+        }
+        wasm.extend([2, instances.len() as u8]);
+        wasm.extend(instances);
+        wasm
+    }
+
+    #[test]
+    fn a_component_too_large_for_a_pool_slot_loads_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = PluginRuntime::new(None).unwrap();
+        let wasm = component_with_memories(SLOT_MEMORIES as u8 + 1);
+        let compiled = runtime
+            .compiler()
+            .unwrap()
+            .precompile_component(&wasm)
+            .unwrap();
+        let refused = cache::deserialize_bytes(&runtime.pooled.engine, &compiled).unwrap_err();
+        assert!(format!("{refused:#}").contains("memories"), "{refused:#}");
+
+        let path = dir.path().join("large.wasm");
+        std::fs::write(&path, &wasm).unwrap();
+        let inspection = runtime.inspect(&ComponentSource::File(path)).unwrap();
+        assert!(inspection.probe.is_err(), "it is not a probe, but it loads");
+        assert!(runtime.on_demand.get().is_some());
+
+        // One that fits stays in the pool.
+        let small = component_with_memories(1);
+        let compiled = runtime
+            .compiler()
+            .unwrap()
+            .precompile_component(&small)
+            .unwrap();
+        let component = runtime.deserialize(&compiled).unwrap();
+        assert!(std::ptr::eq(runtime.linked(&component), &runtime.pooled));
     }
 }
