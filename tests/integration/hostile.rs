@@ -1,6 +1,6 @@
 //! Hostile environments: a read-only filesystem, a config of hundreds of
-//! probes, a flood of connections that open and drop, and file descriptors at
-//! their limit. probehost serves, correctly or visibly degraded, and never
+//! probes, a flood of connections that open and drop, and file descriptors and
+//! address space at their limits. probehost serves, correctly or visibly degraded, and never
 //! panics.
 
 use std::net::TcpStream;
@@ -114,6 +114,37 @@ fn ten_thousand_connections_opened_and_dropped_leave_liveness_answering() {
     );
     assert_eq!(server.get("/readyz").status, 200);
     assert!(!server.log().contains("panicked"));
+}
+
+#[test]
+fn with_its_address_space_limited_serve_allocates_instances_on_demand() {
+    let dir = TestDir::new();
+    let config: PathBuf = dir.config(&format!("{}{}", server_section(), sqlite_probe()));
+    // `ulimit -v` of 6 GiB: room for one instance allocated on demand (a
+    // 4 GiB reservation), not for the pool's slots.
+    let server = Server::start_with(
+        Command::new("prlimit")
+            .arg(format!("--as={}", 6u64 << 30))
+            .arg(PROBEHOST)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve"),
+    );
+    for _ in 0..3 {
+        let response = server.get("/readyz?verbose");
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            (200, "[+]database ok\nreadiness check passed\n"),
+            "log:\n{}",
+            server.log()
+        );
+    }
+    let log = server.log();
+    assert!(
+        log.contains("no instance pool, so instances are allocated on demand"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]

@@ -252,7 +252,19 @@ impl PluginRuntime {
             .linear_memory_keep_resident(KEEP_RESIDENT);
         let mut pooled_config = config.clone();
         pooled_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let pooled = Linked::new(&pooled_config)?;
+        // The pool reserves its address space up front (about 4 GiB per
+        // memory slot, never touched unless used); where that is refused (a
+        // `ulimit -v`), instances are allocated on demand, as before the pool.
+        let pooled = match Linked::new(&pooled_config) {
+            Ok(linked) => linked,
+            Err(e) => {
+                tracing::warn!(
+                    "no instance pool, so instances are allocated on demand: {}",
+                    one_line(&e)
+                );
+                Linked::new(&config)?
+            }
+        };
 
         let cache = cache_dir.and_then(|dir| match ArtifactCache::open(dir, &pooled.engine) {
             Ok(cache) => Some(cache),
