@@ -160,7 +160,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Copy `from` → `to` until either side closes; bytes that arrive while the proxy
-/// is frozen are held back (never delivered).
+/// is frozen are held back (never delivered), and while it refuses the
+/// connection is closed instead.
 fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, from_client: bool) {
     thread::spawn(move || {
         let mut buffer = [0u8; 16 * 1024];
@@ -174,6 +175,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, from_client
             }
             while mode(&shared) == Mode::Freeze && !shared.stop.load(Ordering::SeqCst) {
                 thread::sleep(Duration::from_millis(10));
+            }
+            // Refusing: a connection still open (it is about to be cut) passes
+            // nothing more, in either direction.
+            if mode(&shared) == Mode::Refuse {
+                let _ = to.shutdown(Shutdown::Both);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
             }
             if !from_client {
                 match mode(&shared) {
