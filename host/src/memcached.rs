@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
 
 /// The most a `stats` reply may hold (memcached's is about 3 KiB).
 const MAX_REPLY: u64 = 256 * 1024;
@@ -91,10 +90,9 @@ impl Cache {
     ) -> Option<Result<Vec<(String, String)>, CacheError>> {
         let server = self.servers.iter().find(|s| s.address == server)?;
         let limit = budget.min(server.timeout * 2);
-        let deadline = Instant::now() + limit;
         let step = limit.min(server.timeout);
         Some(
-            match timeout_at(deadline, stats_exchange(&server.address, step)).await {
+            match tokio::time::timeout(limit, stats_exchange(&server.address, step)).await {
                 Err(_) => Err(CacheError::Timeout(limit)),
                 Ok(answer) => answer,
             },

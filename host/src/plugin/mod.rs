@@ -168,7 +168,8 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
 
 /// The process-wide wasm runtime.
 pub struct PluginRuntime {
-    /// Where components run: the pooling engine.
+    /// Where components run: the pooling engine (allocating on demand where
+    /// the pool's address space is refused).
     pooled: Linked,
     /// One per instance the pool can hold at once.
     slots: Arc<Semaphore>,
