@@ -342,14 +342,15 @@ impl Evaluator {
             .map(|(index, plugin)| {
                 let request = request.clone();
                 async move {
-                    let check = plugin.check(request.as_deref(), started, deadline);
-                    let outcome = match std::panic::AssertUnwindSafe(check).catch_unwind().await {
-                        Ok(outcome) => outcome,
-                        Err(_) => {
-                            CheckOutcome::Crashed("internal error: the check panicked".into())
-                        }
-                    };
-                    (index, outcome)
+                    let check = plugin.check_then_release(request.as_deref(), started, deadline);
+                    match std::panic::AssertUnwindSafe(check).catch_unwind().await {
+                        Ok((outcome, spent)) => (index, outcome, Some(spent)),
+                        Err(_) => (
+                            index,
+                            CheckOutcome::Crashed("internal error: the check panicked".into()),
+                            None,
+                        ),
+                    }
                 }
             })
             .collect();
@@ -359,8 +360,10 @@ impl Evaluator {
         let mut pending = self.probes.len();
         while pending > 0 {
             tokio::select! {
-                Some((index, outcome)) = running.next() => {
+                Some((index, outcome, spent)) = running.next() => {
                     self.publish(&tx, index, &outcome, started, finished);
+                    // The instance is torn down after its result is out.
+                    drop(spent);
                     pending -= 1;
                 }
                 () = &mut give_up => {

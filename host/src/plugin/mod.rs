@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -521,16 +521,29 @@ impl Plugin {
         started: Instant,
         deadline: Instant,
     ) -> CheckOutcome {
+        self.check_then_release(request, started, deadline).await.0
+    }
+
+    /// [`Plugin::check`], handing back the check's instance and pool slot
+    /// instead of releasing them, so the caller can make the outcome known
+    /// first and release them after: tearing an instance down (its memory is
+    /// decommitted) is not on the path of the answer.
+    pub async fn check_then_release(
+        &self,
+        request: Option<&ProbeRequest>,
+        started: Instant,
+        deadline: Instant,
+    ) -> (CheckOutcome, Spent) {
         let deadline = deadline.min(started + self.timeout);
-        // A pool slot for the instance, held until the store is gone (it is
-        // declared first, so dropped last). Waiting for one counts against the
-        // deadline like any other wait.
-        let _slot = match &self.slots {
+        // A pool slot for the instance, held until the store is gone (both go
+        // into the `Spent`, which drops the store first). Waiting for one
+        // counts against the deadline like any other wait.
+        let slot = match &self.slots {
             Some(slots) => {
                 match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await
                 {
                     Ok(Ok(slot)) => Some(slot),
-                    _ => return CheckOutcome::TimedOut,
+                    _ => return (CheckOutcome::TimedOut, Spent::NOTHING),
                 }
             }
             None => None,
@@ -616,7 +629,34 @@ impl Plugin {
         if dropped > 0 {
             tracing::warn!(probe = %self.name, dropped, "probe wrote too many log lines; dropped the rest");
         }
-        outcome
+        (
+            outcome,
+            Spent {
+                _store: Some(store),
+                _slot: slot,
+            },
+        )
+    }
+}
+
+/// What a finished check leaves behind: its store (the instance and its
+/// memory) and the pool slot that holds them. Dropping it releases both, the
+/// store first (fields drop in declaration order).
+pub struct Spent {
+    _store: Option<Store<HostState>>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Spent {
+    const NOTHING: Spent = Spent {
+        _store: None,
+        _slot: None,
+    };
+}
+
+impl std::fmt::Debug for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spent").finish_non_exhaustive()
     }
 }
 
