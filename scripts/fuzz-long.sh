@@ -6,6 +6,13 @@
 # machine that takes longer than CPU_SECONDS of wall time. Prints one line per
 # target: CPU minutes, executions, and whether it crashed. New inputs go to
 # fuzz/corpus/TARGET, crashes to fuzz/artifacts/TARGET.
+#
+# Running beside other work: `nice` alone does little where the kernel groups
+# processes by session (autogroups, the default on many distributions); lower
+# the group's weight too, e.g. `echo 19 > /proc/self/autogroup` in the shell
+# that starts this. Do not SIGSTOP a run for longer than its 30 s unit timeout:
+# the timeout counts wall time, and libFuzzer would report a hang that is not
+# there.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
