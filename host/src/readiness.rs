@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::metrics::{CheckResult, Metrics};
-use crate::plugin::{CheckOutcome, Plugin, ProbeRequest};
+use crate::plugin::{CheckOutcome, Plugin, ProbeRequest, Spent};
 
 /// Extra time past the overall deadline for checks to report their own timeout
 /// before the evaluation stops waiting for them.
@@ -344,11 +344,11 @@ impl Evaluator {
                 async move {
                     let check = plugin.check_then_release(request.as_deref(), started, deadline);
                     match std::panic::AssertUnwindSafe(check).catch_unwind().await {
-                        Ok((outcome, spent)) => (index, outcome, Some(spent)),
+                        Ok((outcome, spent)) => (index, outcome, spent),
                         Err(_) => (
                             index,
                             CheckOutcome::Crashed("internal error: the check panicked".into()),
-                            None,
+                            Spent::default(),
                         ),
                     }
                 }

@@ -549,7 +549,7 @@ impl Plugin {
                 match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await
                 {
                     Ok(Ok(slot)) => Some(slot),
-                    _ => return (CheckOutcome::TimedOut, Spent::NOTHING),
+                    _ => return (CheckOutcome::TimedOut, Spent::default()),
                 }
             }
             None => None,
@@ -647,17 +647,11 @@ impl Plugin {
 
 /// What a finished check leaves behind: its store (the instance and its
 /// memory) and the pool slot that holds them. Dropping it releases both, the
-/// store first (fields drop in declaration order).
+/// store first (fields drop in declaration order). The default holds nothing.
+#[derive(Default)]
 pub struct Spent {
     _store: Option<Store<HostState>>,
     _slot: Option<OwnedSemaphorePermit>,
-}
-
-impl Spent {
-    const NOTHING: Spent = Spent {
-        _store: None,
-        _slot: None,
-    };
 }
 
 impl std::fmt::Debug for Spent {
