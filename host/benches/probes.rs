@@ -833,7 +833,7 @@ async fn dependency_latencies_of(with_cache: bool) -> Duration {
 /// Instantiate + call of one probe component, in process
 /// (`PROBEHOST_BENCH=check` runs only this).
 fn check_only(rt: &tokio::runtime::Runtime) {
-    let (with_wasm, without) = rt.block_on(instantiate_and_call());
+    let (with_wasm, prepared, without) = rt.block_on(instantiate_and_call());
     report(
         "probe check p50 (fresh instance + call)",
         micros(with_wasm),
@@ -845,11 +845,19 @@ fn check_only(rt: &tokio::runtime::Runtime) {
         "    → instantiate + call overhead: {:.0} µs per probe [< 100 µs]",
         micros(with_wasm) - micros(without)
     );
+    report(
+        "probe check p50 (instance made ahead + call)",
+        micros(prepared),
+        micros(with_wasm),
+        "µs",
+        "(ratio to instantiating in the check)",
+    );
 }
 
 /// p50 of a check of the test probe (a fresh instance and a call of `ready`),
-/// and of the same spawn-and-await on the guest runtime with no component.
-async fn instantiate_and_call() -> (Duration, Duration) {
+/// of one whose instance was made ahead ([`Plugin::prepare`], not timed), and
+/// of the same spawn-and-await on the guest runtime with no component.
+async fn instantiate_and_call() -> (Duration, Duration, Duration) {
     use probehost::plugin::{ComponentSource, Grants, Plugin, PluginRuntime};
     let runtime = PluginRuntime::new(None).unwrap();
     let loaded = runtime
@@ -865,18 +873,21 @@ async fn instantiate_and_call() -> (Duration, Duration) {
     let guests = tokio::runtime::Handle::current();
 
     let mut with_wasm = Vec::with_capacity(LATENCY_SAMPLES * 4);
+    let mut prepared = Vec::with_capacity(LATENCY_SAMPLES * 4);
     let mut without = Vec::with_capacity(LATENCY_SAMPLES * 4);
     for i in 0..LATENCY_SAMPLES * 4 + 50 {
-        let p = plugin.clone();
+        let check = |p: Arc<Plugin>| async move {
+            let now = Instant::now();
+            p.check(None, now, now + Duration::from_secs(1)).await
+        };
         let started = Instant::now();
-        let outcome = guests
-            .spawn(async move {
-                let now = Instant::now();
-                p.check(None, now, now + Duration::from_secs(1)).await
-            })
-            .await
-            .unwrap();
+        let outcome = guests.spawn(check(plugin.clone())).await.unwrap();
         let took = started.elapsed();
+        assert_eq!(outcome, probehost::plugin::CheckOutcome::Ready);
+        plugin.prepare().await;
+        let started = Instant::now();
+        let outcome = guests.spawn(check(plugin.clone())).await.unwrap();
+        let ahead = started.elapsed();
         assert_eq!(outcome, probehost::plugin::CheckOutcome::Ready);
         let started = Instant::now();
         guests
@@ -886,10 +897,11 @@ async fn instantiate_and_call() -> (Duration, Duration) {
         let bare = started.elapsed();
         if i >= 50 {
             with_wasm.push(took);
+            prepared.push(ahead);
             without.push(bare);
         }
     }
-    (median(with_wasm), median(without))
+    (median(with_wasm), median(prepared), median(without))
 }
 
 // ----- stalled readers -----

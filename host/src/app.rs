@@ -92,10 +92,15 @@ pub fn check_config(config: &Config) -> Result<(), StartupError> {
 
 /// Build the evaluator for `config`. Pools and clients are created on `guests`
 /// (the runtime that will use them) without connecting.
+///
+/// With `prepare`, each probe's next instance is made as soon as a check's
+/// result is out (see [`Plugin::prepare`]): for evaluators that check again and
+/// again (`serve`, `wait`, `wait4db`), not for one that checks once and exits.
 pub fn build_evaluator(
     config: &Config,
     guests: &Handle,
     metrics: Arc<Metrics>,
+    prepare: bool,
 ) -> Result<Arc<Evaluator>, StartupError> {
     config.check_ready()?;
     let _enter = guests.enter();
@@ -170,6 +175,7 @@ pub fn build_evaluator(
         config.readiness.timeout,
         guests.clone(),
         metrics,
+        prepare,
     )))
 }
 
@@ -181,7 +187,7 @@ pub fn build_state(
 ) -> Result<Arc<AppState>, StartupError> {
     let metrics = Arc::new(Metrics::new(config.probes.iter().map(|p| p.name.as_str())));
     metrics.watch_runtime("probes", guests.clone());
-    let evaluator = build_evaluator(config, guests, metrics.clone())?;
+    let evaluator = build_evaluator(config, guests, metrics.clone(), true)?;
     let sharing = Sharing {
         cache_ttl: config.readiness.cache_ttl,
         interval: config.readiness.interval,

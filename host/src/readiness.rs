@@ -270,6 +270,8 @@ pub struct Evaluator {
     last: Mutex<Vec<Option<Standing>>>,
     /// Whether any evaluation has passed (which ends the `startup` gates).
     passed: AtomicBool,
+    /// Whether to make each probe's next instance once an evaluation is out.
+    prepare: bool,
 }
 
 impl Evaluator {
@@ -280,6 +282,7 @@ impl Evaluator {
         timeout: Duration,
         guests: Handle,
         metrics: Arc<Metrics>,
+        prepare: bool,
     ) -> Evaluator {
         let n = probes.len();
         let (probes, gates): (Vec<Plugin>, Vec<Gate>) = probes.into_iter().unzip();
@@ -291,6 +294,7 @@ impl Evaluator {
             metrics,
             last: Mutex::new(vec![None; n]),
             passed: AtomicBool::new(false),
+            prepare,
         }
     }
 
@@ -376,6 +380,11 @@ impl Evaluator {
                     break;
                 }
             }
+        }
+        // Every result is out: make the next evaluation's instances now.
+        drop(running);
+        if self.prepare {
+            futures::future::join_all(self.probes.iter().map(|p| p.prepare())).await;
         }
     }
 

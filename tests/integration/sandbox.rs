@@ -39,6 +39,39 @@ fn a_probe_that_loops_forever_times_out() {
     assert_contained(&server, "subject: timed out after 300ms");
 }
 
+/// `/readyz` answers `expected` each of `times` times, `pause` apart.
+fn answers_each_time(server: &Server, times: usize, pause_ms: u64, expected: (u16, &str)) {
+    for _ in 0..times {
+        let response = server.get("/readyz");
+        assert_eq!(
+            (response.status, response.body.as_str()),
+            expected,
+            "log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+    }
+}
+
+#[test]
+fn every_check_has_an_instance_of_its_own() {
+    // After each evaluation, the next check's instance is made ahead of it: it
+    // still serves that one check, so a guest's state never carries over.
+    let (_dir, server) = server_with("config = { action = \"count\" }", "");
+    answers_each_time(&server, 4, 50, (503, "call 1"));
+}
+
+#[test]
+fn an_instance_made_ahead_has_the_whole_timeout_from_its_check() {
+    // Each check but the first runs in an instance made when the one before it
+    // ended, here 800 ms earlier: its 500 ms still count from the check.
+    let (_dir, server) = server_with(
+        "timeout = \"500ms\"\nconfig = { action = \"sleep\", ms = \"150\" }",
+        "",
+    );
+    answers_each_time(&server, 3, 800, (200, "Ok"));
+}
+
 #[test]
 fn looping_probes_do_not_delay_liveness() {
     let (_dir, server) = server_with("timeout = \"600ms\"\nconfig = { action = \"loop\" }", "");

@@ -108,7 +108,7 @@ fn ready_once(global: &Global, local: bool) -> Result<Verdict, StartupError> {
     }
     let runtime = super::current_thread_runtime("probe")?;
     let metrics = Arc::new(Metrics::new(config.probes.iter().map(|p| p.name.as_str())));
-    let evaluator = app::build_evaluator(&config, runtime.handle(), metrics)?;
+    let evaluator = app::build_evaluator(&config, runtime.handle(), metrics, false)?;
     let verdict = runtime.block_on(evaluator.evaluate(None));
     drop(evaluator);
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -58,7 +58,7 @@ pub(super) fn exec(global: &Global, args: &WaitArgs) -> Result<u8, StartupError>
     let metrics = Arc::new(Metrics::new(
         selected.probes.iter().map(|p| p.name.as_str()),
     ));
-    let evaluator = app::build_evaluator(&selected, runtime.handle(), metrics)?;
+    let evaluator = app::build_evaluator(&selected, runtime.handle(), metrics, true)?;
     let mut waiting: Vec<Waiting> = selected
         .probes
         .iter()

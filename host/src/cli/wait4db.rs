@@ -95,7 +95,12 @@ pub(super) fn exec(global: &Global, args: &Wait4dbArgs) -> Result<u8, StartupErr
             ..config.clone()
         };
         let metrics = Arc::new(Metrics::new(checks.probes.iter().map(|p| p.name.as_str())));
-        Some(app::build_evaluator(&checks, runtime.handle(), metrics)?)
+        Some(app::build_evaluator(
+            &checks,
+            runtime.handle(),
+            metrics,
+            true,
+        )?)
     };
     let result = runtime.block_on(jobs::wait4db::wait4db(
         db,

@@ -143,6 +143,20 @@ impl HostState {
         })
     }
 
+    /// When the check ends.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Set when the check ends and the reserve its host calls leave: a store
+    /// made ahead of its check gets them when the check starts.
+    pub(crate) fn arm(&mut self, deadline: Instant, reserve: Duration) {
+        self.deadline = deadline;
+        self.reserve = reserve;
+        self.http_policy.deadline = deadline;
+        self.http_policy.reserve = reserve;
+    }
+
     /// Time left for a host call: until the deadline, less the reserve.
     fn budget(&self) -> Duration {
         self.deadline

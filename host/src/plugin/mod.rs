@@ -228,10 +228,11 @@ impl PluginRuntime {
         PluginRuntime::with_slots(cache_dir, DEFAULT_SLOTS)
     }
 
-    /// The runtime for `probes` configured probes: pool slots for two checks of
-    /// each at once (an evaluation, and the end of the one before it).
+    /// The runtime for `probes` configured probes: pool slots for three
+    /// instances of each at once (the one prepared for the next check, an
+    /// evaluation's, and the end of the one before it).
     pub fn for_probes(cache_dir: Option<&Path>, probes: usize) -> anyhow::Result<PluginRuntime> {
-        let slots = u32::try_from(probes.saturating_mul(2)).unwrap_or(u32::MAX);
+        let slots = u32::try_from(probes.saturating_mul(3)).unwrap_or(u32::MAX);
         PluginRuntime::with_slots(cache_dir, slots.max(DEFAULT_SLOTS))
     }
 
@@ -476,7 +477,17 @@ pub struct Plugin {
     grants: Arc<Grants>,
     timeout: Duration,
     memory_limit: usize,
+    /// The next check's instance, made ahead of it by [`Plugin::prepare`].
+    next: std::sync::Mutex<Option<Prepared>>,
     _ticker: Arc<EpochTicker>,
+}
+
+/// An instance made ahead of its check, in a store of its own, with the pool
+/// slot that holds it. It serves exactly one check.
+struct Prepared {
+    store: Store<HostState>,
+    probe: Probe,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -504,6 +515,7 @@ impl Plugin {
             grants: Arc::new(grants),
             timeout,
             memory_limit,
+            next: std::sync::Mutex::new(None),
             _ticker: loaded.ticker,
         }
     }
@@ -541,47 +553,41 @@ impl Plugin {
         deadline: Instant,
     ) -> (CheckOutcome, Spent) {
         let deadline = deadline.min(started + self.timeout);
-        // A pool slot for the instance, held until the store is gone (both go
-        // into the `Spent`, which drops the store first). Waiting for one
-        // counts against the deadline like any other wait.
-        let slot = match &self.slots {
-            Some(slots) => {
-                match tokio::time::timeout_at(deadline.into(), slots.clone().acquire_owned()).await
-                {
-                    Ok(Ok(slot)) => Some(slot),
-                    _ => return (CheckOutcome::TimedOut, Spent::default()),
-                }
+        let prepared = self.next.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (mut store, made, slot) = match prepared {
+            Some(Prepared {
+                mut store,
+                probe,
+                slot,
+            }) => {
+                let reserve = reserve(deadline.saturating_duration_since(Instant::now()));
+                store.data_mut().arm(deadline, reserve);
+                (store, Some(probe), slot)
             }
-            None => None,
+            None => {
+                // A pool slot for the instance, held until the store is gone
+                // (both go into the `Spent`, which drops the store first).
+                // Waiting for one counts against the deadline like any other
+                // wait.
+                let slot = match &self.slots {
+                    Some(slots) => match tokio::time::timeout_at(
+                        deadline.into(),
+                        slots.clone().acquire_owned(),
+                    )
+                    .await
+                    {
+                        Ok(Ok(slot)) => Some(slot),
+                        _ => return (CheckOutcome::TimedOut, Spent::default()),
+                    },
+                    None => None,
+                };
+                let reserve = reserve(deadline.saturating_duration_since(Instant::now()));
+                (self.store(deadline, reserve), None, slot)
+            }
         };
-        let allowed = deadline.saturating_duration_since(Instant::now());
-        // Host calls end this much before the deadline so the probe can still
-        // answer with its own message.
-        let reserve = (allowed / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
-        let state = HostState::new(
-            self.name.clone(),
-            self.grants.clone(),
-            deadline,
-            reserve,
-            self.memory_limit,
-        );
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|state| state);
+        // The epoch deadline counts from now, however long a prepared
+        // instance waited for its check.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Yield so other checks on this worker thread make progress.
-                // tokio's yield_now goes to the back of the queue; a plain
-                // self-wake would take the worker's LIFO slot and run again at
-                // once, starving the other checks.
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::task::yield_now()),
-                ))
-            }
-        });
 
         let request = request.map(|r| types::Request {
             method: r.method.clone(),
@@ -590,7 +596,10 @@ impl Plugin {
             headers: r.headers.clone(),
         });
         let run = async {
-            let probe = self.pre.instantiate_async(&mut store).await?;
+            let probe = match made {
+                Some(probe) => probe,
+                None => self.pre.instantiate_async(&mut store).await?,
+            };
             probe.call_ready(&mut store, request.as_ref()).await
         };
         // The epoch stops a guest that computes; this stops one that is waiting on
@@ -643,6 +652,81 @@ impl Plugin {
             },
         )
     }
+
+    /// Make the next check's instance now, so that instantiating it (and
+    /// creating its store) is not on the path of that check's answer. Call it
+    /// after a check's result is out. The instance still serves exactly one
+    /// check, in a store of its own; what it did while being made (guest start
+    /// code) is bounded by the probe's timeout and epoch like a check. Does
+    /// nothing if an instance is already prepared or no pool slot is free (a
+    /// check then makes its own); a failure is left for the check to meet and
+    /// report.
+    pub async fn prepare(&self) {
+        if self
+            .next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let slot = match &self.slots {
+            Some(slots) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => return,
+            },
+            None => None,
+        };
+        let deadline = Instant::now() + self.timeout;
+        let mut store = self.store(deadline, reserve(self.timeout));
+        store.set_epoch_deadline(1);
+        let made = tokio::time::timeout_at(
+            (deadline + EPOCH_TICK * 4).into(),
+            self.pre.instantiate_async(&mut store),
+        )
+        .await;
+        let Ok(Ok(probe)) = made else { return };
+        let prepared = Prepared { store, probe, slot };
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_none() {
+            *next = Some(prepared);
+        }
+    }
+
+    /// A fresh store for one instance, ending at `deadline`.
+    fn store(&self, deadline: Instant, reserve: Duration) -> Store<HostState> {
+        let state = HostState::new(
+            self.name.clone(),
+            self.grants.clone(),
+            deadline,
+            reserve,
+            self.memory_limit,
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| state);
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline() {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Yield so other checks on this worker thread make progress.
+                // tokio's yield_now goes to the back of the queue; a plain
+                // self-wake would take the worker's LIFO slot and run again at
+                // once, starving the other checks.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        store
+    }
+}
+
+/// How long before its deadline a check's host calls end, so the probe can
+/// still answer with its own message: a tenth of the time it has, within
+/// 5–50 ms.
+fn reserve(allowed: Duration) -> Duration {
+    (allowed / 10).clamp(Duration::from_millis(5), Duration::from_millis(50))
 }
 
 /// What a finished check leaves behind: its store (the instance and its

@@ -20,6 +20,9 @@
 //! - `listen`: not ready, saying what listening on `address` gave;
 //! - `stderr-flood`: writes `count` lines to stderr and stdout, then panics
 //!   with `message` (so the host reports what stderr kept).
+//! - `count`: not ready with `call N`, N counting the calls this instance has
+//!   had (so `call 1` every time if each check has a fresh instance);
+//! - `sleep`: sleeps `ms` milliseconds, then is ready.
 #![forbid(unsafe_code)]
 
 use probehost_sdk::{NotReady, Probe, Request, config, http, log, memcached, sql};
@@ -51,6 +54,16 @@ impl Probe for TestProbe {
                 }
             }
             "panic" => panic!("{}", setting("message")),
+            "count" => {
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Err(NotReady::new(format!("call {n}")))
+            }
+            "sleep" => {
+                let ms = setting("ms").parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(())
+            }
             "sql" => sql::query(&setting("database"), "SELECT 1", &[])
                 .map(drop)
                 .map_err(|e| NotReady::new(e.to_string())),
