@@ -16,7 +16,7 @@ use crate::plugin::{Grants, Loaded, Origin, Plugin, PluginRuntime};
 use crate::proxy::Upstream;
 use crate::readiness::{Evaluator, Readiness, Sharing};
 use crate::server::{
-    self, ANSWERED_BY, AppState, Lifecycle, Listeners, Routes, ServeOptions, Stop,
+    self, ANSWERED_BY, AppPort, AppState, Lifecycle, Listeners, Routes, ServeOptions, Stop,
 };
 
 /// Why start-up failed.
@@ -213,6 +213,10 @@ pub fn build_state(
         readiness,
         metrics,
         upstream,
+        ready_upstream: match config.server.readiness_upstream {
+            true => config.server.upstream.as_deref().and_then(AppPort::of),
+            false => None,
+        },
         detail: config.server.verbose,
         lifecycle,
     }))

@@ -52,7 +52,7 @@ pub(super) fn serve_config(global: &Global, args: &ServeArgs) -> Result<Config, 
         config.server.listen = listen;
     }
     if let Some(upstream) = &args.upstream {
-        config.server.upstream = Some(upstream.clone());
+        config.server.set_upstream(upstream.clone());
     }
     config.check_serve()?;
     Ok(config)

@@ -123,6 +123,34 @@ pub struct ServerConfig {
     pub verbose: Detail,
     /// `run`: liveness also needs the upstream port to accept connections.
     pub liveness_upstream: bool,
+    /// Proxy mode: readiness also needs the upstream port to accept
+    /// connections (the default with an upstream).
+    pub readiness_upstream: bool,
+    /// Which of the settings whose default follows `upstream` the file set.
+    pub(crate) set: UpstreamFollowers,
+}
+
+/// Settings whose default depends on whether there is an upstream: which of
+/// them the configuration file set, so that `--upstream` can give the others
+/// their proxy-mode defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UpstreamFollowers {
+    pub(crate) verbose: bool,
+    pub(crate) readiness_upstream: bool,
+}
+
+impl ServerConfig {
+    /// Serve in front of `url` (`--upstream`). What the file left unset takes
+    /// its proxy-mode default, as if the file had named the upstream.
+    pub fn set_upstream(&mut self, url: String) {
+        self.upstream = Some(url);
+        if !self.set.verbose {
+            self.verbose = Detail::Local;
+        }
+        if !self.set.readiness_upstream {
+            self.readiness_upstream = true;
+        }
+    }
 }
 
 /// Who sees the probes' messages in `?verbose` and JSON answers.

@@ -47,6 +47,7 @@ const SERVER_KEYS: &[&str] = &[
     "threads",
     "verbose",
     "liveness_upstream",
+    "readiness_upstream",
 ];
 /// `sun_path` holds 108 bytes, the last a NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -245,6 +246,10 @@ impl<'a> Parser<'a> {
                 .and_then(|i| parser.boolean(i, &format!("server.{key}")))
                 .unwrap_or(default)
         };
+        let set = UpstreamFollowers {
+            verbose: table.is_some_and(|t| t.contains_key("verbose")),
+            readiness_upstream: table.is_some_and(|t| t.contains_key("readiness_upstream")),
+        };
         let verbose = match table
             .and_then(|t| t.get("verbose"))
             .and_then(|i| self.boolean(i, "server.verbose"))
@@ -255,15 +260,19 @@ impl<'a> Parser<'a> {
             None => Detail::Everywhere,
         };
         let liveness_upstream = flag(self, "liveness_upstream", false);
-        if liveness_upstream && upstream.is_none() {
-            let span = table
-                .and_then(|t| t.get("liveness_upstream"))
-                .and_then(Item::span);
-            self.problem(
-                span,
-                "server.liveness_upstream",
-                "needs `server.upstream`, the port to check",
-            );
+        let readiness_upstream = flag(self, "readiness_upstream", upstream.is_some());
+        for (key, on) in [
+            ("liveness_upstream", liveness_upstream),
+            ("readiness_upstream", readiness_upstream),
+        ] {
+            if on && upstream.is_none() {
+                let span = table.and_then(|t| t.get(key)).and_then(Item::span);
+                self.problem(
+                    span,
+                    &format!("server.{key}"),
+                    "needs `server.upstream`, the port to check",
+                );
+            }
         }
 
         ServerConfig {
@@ -283,6 +292,8 @@ impl<'a> Parser<'a> {
             threads,
             verbose,
             liveness_upstream,
+            readiness_upstream,
+            set,
         }
     }
 

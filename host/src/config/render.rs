@@ -41,6 +41,7 @@ pub(super) fn render(config: &Config) -> String {
         Detail::Local => {}
     }
     server["liveness_upstream"] = value(s.liveness_upstream);
+    server["readiness_upstream"] = value(s.readiness_upstream);
     doc["server"] = Item::Table(server);
 
     let mut readiness = Table::new();

@@ -172,7 +172,7 @@ timeout = 0
         [
             r#"probehost.toml:3:10: server.listen: "nowhere" is not an IP address and port, e.g. "0.0.0.0:8080""#,
             r#"probehost.toml:4:15: server.ready_paths: "readyz" is not a URL path (it must start with `/` and have no query)"#,
-            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, socket, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, send_timeout, max_connections, threads, verbose, liveness_upstream)"#,
+            r#"probehost.toml:5:1: server.bogus: unknown key (expected one of: listen, socket, ready_paths, health_paths, startup_paths, metrics_path, upstream, upstream_timeout, drain, grace, header_read_timeout, send_timeout, max_connections, threads, verbose, liveness_upstream, readiness_upstream)"#,
             r#"probehost.toml:8:7: databases.default.url: invalid database URL: unsupported scheme `redis` (expected postgres, postgresql, mysql, mariadb or sqlite)"#,
             r#"probehost.toml:9:19: databases.default.connect_timeout: "soon" is not a positive duration (use e.g. "800ms", "5s" or 2.5)"#,
             r#"probehost.toml:12:13: probes.db.component: unknown built-in probe "builtin:nope" (known: builtin:database, builtin:memcached, builtin:migrations)"#,
@@ -528,4 +528,39 @@ fn the_migrations_probe_gets_the_plans_text_and_every_database() {
             "probehost.toml:7:8: probes.m.config.tool: unknown tool \"flyway\" (expected \"django\" or \"alembic\")",
         ]
     );
+}
+
+#[test]
+fn upstream_checks_need_an_upstream_and_readiness_follows_it_by_default() {
+    assert_eq!(
+        problems("[server]\nliveness_upstream = true\nreadiness_upstream = true\n"),
+        [
+            "probehost.toml:2:21: server.liveness_upstream: needs `server.upstream`, the port to check",
+            "probehost.toml:3:22: server.readiness_upstream: needs `server.upstream`, the port to check",
+        ]
+    );
+    let proxy = |extra: &str| {
+        let text = format!("[server]\nupstream = \"http://127.0.0.1:8000\"\n{extra}");
+        parse_with(&text, &[]).unwrap().server
+    };
+    assert!(proxy("").readiness_upstream);
+    assert!(!proxy("readiness_upstream = false").readiness_upstream);
+    let standalone = Config::defaults(&env(&[])).server;
+    assert!(!standalone.readiness_upstream);
+
+    // `--upstream` gives what the file left unset its proxy-mode default...
+    let mut server = standalone.clone();
+    server.set_upstream("http://127.0.0.1:8000".into());
+    assert!(server.readiness_upstream);
+    assert_eq!(server.verbose, Detail::Local);
+    // ...and keeps what the file set.
+    let mut server = parse_with(
+        "[server]\nverbose = true\nreadiness_upstream = false\n",
+        &[],
+    )
+    .unwrap()
+    .server;
+    server.set_upstream("http://127.0.0.1:8000".into());
+    assert!(!server.readiness_upstream);
+    assert_eq!(server.verbose, Detail::Everywhere);
 }

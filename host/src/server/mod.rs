@@ -226,6 +226,44 @@ impl Lifecycle {
     }
 }
 
+/// Proxy mode: the application's port, which readiness needs to accept
+/// connections (`server.readiness_upstream`). The name is resolved at each
+/// check, so an application that is not there yet is not ready, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPort {
+    host: String,
+    port: u16,
+}
+
+impl AppPort {
+    /// The `host:port` of an upstream URL.
+    pub fn of(url: &str) -> Option<AppPort> {
+        let url = url::Url::parse(url).ok()?;
+        let host = url
+            .host_str()?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Some(AppPort {
+            host: host.to_owned(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    /// Why the application cannot be sent requests, if it cannot.
+    async fn refuses(&self) -> Option<&'static str> {
+        let connect = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
+        match tokio::time::timeout(UPSTREAM_LIVENESS_TIMEOUT, connect).await {
+            Ok(Ok(stream)) => {
+                // Closed with a reset: a check at every readiness request
+                // leaves no TIME_WAIT behind.
+                let _ = stream.set_zero_linger();
+                None
+            }
+            _ => Some("application is not accepting connections"),
+        }
+    }
+}
+
 /// What the server needs to answer.
 #[derive(Debug)]
 pub struct AppState {
@@ -234,6 +272,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Proxy mode: the application. Each serving thread makes its own client.
     pub upstream: Option<Upstream>,
+    /// Readiness also needs this port to accept connections.
+    pub ready_upstream: Option<AppPort>,
     /// Who sees the probes' messages in verbose and JSON answers.
     pub detail: Detail,
     pub lifecycle: Lifecycle,
@@ -334,6 +374,14 @@ async fn ready<B>(
         Format::Plain
     };
     let evaluation = state.readiness.evaluation(|| Some(probe_request(request)));
+    // The whole answer (not one probe's) also needs the application's port;
+    // the evaluation goes on meanwhile.
+    if probe.is_none()
+        && let Some(port) = &state.ready_upstream
+        && let Some(reason) = port.refuses().await
+    {
+        return text(StatusCode::SERVICE_UNAVAILABLE, reason);
+    }
     let age = evaluation.age();
     match (format, probe) {
         (Format::Plain, None) => match evaluation.verdict(&query.exclude).await {

@@ -304,6 +304,32 @@ fn in_proxy_mode_probe_messages_are_shown_only_to_local_clients() {
 }
 
 #[test]
+fn an_upstream_given_on_the_command_line_withholds_messages_as_one_in_the_file_does() {
+    // `serve --upstream` with a file that names no upstream: the proxy-mode
+    // default applies all the same.
+    let upstream = Upstream::start();
+    let dir = TestDir::new();
+    let config = config(&dir, "", &alpha_and_beta());
+    let server = Server::start_with(probehost().arg("--config").arg(&config).args([
+        "serve",
+        "--upstream",
+        &upstream.url(),
+    ]));
+    let response = get_with(server.address, "/readyz?verbose", &[FORWARDED]);
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (
+            503,
+            "[+]alpha ok\n[-]beta failed: reason withheld\nreadiness check failed\n"
+        )
+    );
+    assert_eq!(
+        server.get("/readyz?verbose").body,
+        "[+]alpha ok\n[-]beta failed: beta: down\nreadiness check failed\n"
+    );
+}
+
+#[test]
 fn server_verbose_true_shows_probe_messages_to_everyone() {
     let upstream = Upstream::start();
     let dir = TestDir::new();

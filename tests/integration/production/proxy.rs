@@ -23,6 +23,45 @@ fn proxy(upstream: &str, server_extra: &str) -> (TestDir, Server) {
 }
 
 #[test]
+fn readiness_waits_for_the_application_to_accept_connections() {
+    // The application is not listening yet (it is still starting, or it has
+    // stopped accepting): probehost must not send traffic its way.
+    let port = closed_port();
+    let (dir, server) = proxy(&format!("http://{port}"), "socket = \"probe.sock\"");
+    let refused = (503, "application is not accepting connections");
+    for path in ["/readyz", "/startupz", "/readyz?verbose"] {
+        let response = server.get(path);
+        assert_eq!((response.status, response.body.as_str()), refused, "{path}");
+    }
+    // One probe's own answer is that probe's alone.
+    assert_eq!(server.get("/readyz/fine").status, 200);
+    // Liveness is not readiness: a slow-starting application is not restarted.
+    assert_eq!(server.get("/livez").status, 200);
+    // Exec probes ask the server (on its socket), and hear the same.
+    let exec = probehost()
+        .arg("--config")
+        .arg(dir.path().join("probehost.toml"))
+        .args(["probe", "--ready"])
+        .output()
+        .unwrap();
+    assert_eq!(exec.status.code(), Some(1), "{exec:?}");
+
+    // Once the port accepts (the kernel completes the handshake even while
+    // every worker is busy, so a busy application stays ready), it is ready.
+    let _listening = std::net::TcpListener::bind(port).unwrap();
+    let response = server.get("/readyz");
+    assert_eq!((response.status, response.body.as_str()), (200, "Ok"));
+}
+
+#[test]
+fn readiness_upstream_false_leaves_the_application_out_of_readiness() {
+    let port = closed_port();
+    let (_dir, server) = proxy(&format!("http://{port}"), "readiness_upstream = false");
+    let response = server.get("/readyz");
+    assert_eq!((response.status, response.body.as_str()), (200, "Ok"));
+}
+
+#[test]
 fn probes_never_reach_the_application_and_everything_else_does_intact() {
     let app = Upstream::start();
     let (_dir, server) = proxy(&app.url(), "");
