@@ -12,7 +12,9 @@
 # the group's weight too, e.g. `echo 19 > /proc/self/autogroup` in the shell
 # that starts this. Do not SIGSTOP a run for longer than its 30 s unit timeout:
 # the timeout counts wall time, and libFuzzer would report a hang that is not
-# there.
+# there. `plugin_check` and `cache_entry` write a file per input: give them
+# TMPDIR on a tmpfs (e.g. TMPDIR=/dev/shm), or they wait on the disk more than
+# they compute.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
