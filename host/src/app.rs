@@ -213,10 +213,9 @@ pub fn build_state(
         readiness,
         metrics,
         upstream,
-        ready_upstream: match config.server.readiness_upstream {
-            true => config.server.upstream.as_deref().and_then(AppPort::of),
-            false => None,
-        },
+        ready_upstream: (config.server.upstream.as_deref())
+            .filter(|_| config.server.readiness_upstream)
+            .and_then(AppPort::of),
         detail: config.server.verbose,
         lifecycle,
     }))

@@ -42,13 +42,7 @@ fn a_probe_that_loops_forever_times_out() {
 /// `/readyz` answers `expected` each of `times` times, `pause` apart.
 fn answers_each_time(server: &Server, times: usize, pause_ms: u64, expected: (u16, &str)) {
     for _ in 0..times {
-        let response = server.get("/readyz");
-        assert_eq!(
-            (response.status, response.body.as_str()),
-            expected,
-            "log:\n{}",
-            server.log()
-        );
+        assert_answer(server, expected);
         std::thread::sleep(std::time::Duration::from_millis(pause_ms));
     }
 }

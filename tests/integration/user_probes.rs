@@ -54,17 +54,6 @@ fn redis_table(address: SocketAddr, grant: Option<SocketAddr>, extra: &str) -> S
     format!("{grant}config = {{ address = \"{address}\"{extra} }}")
 }
 
-fn assert_answer(server: &Server, expected: (u16, &str)) -> Response {
-    let response = server.get("/readyz");
-    assert_eq!(
-        (response.status, response.body.as_str()),
-        expected,
-        "log:\n{}",
-        server.log()
-    );
-    response
-}
-
 /// The same Redis probe, written in Rust (`plugins/redis`) and in Python (the
 /// Python SDK's port of the original's documented example).
 #[derive(Clone, Copy)]

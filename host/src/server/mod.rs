@@ -213,16 +213,22 @@ impl Lifecycle {
         if !app.alive.load(Ordering::SeqCst) {
             return Some("application is not running");
         }
-        let port = app.port?;
-        match tokio::time::timeout(
-            UPSTREAM_LIVENESS_TIMEOUT,
-            tokio::net::TcpStream::connect(port),
-        )
-        .await
-        {
-            Ok(Ok(_)) => None,
-            _ => Some("application is not accepting connections"),
+        refuses_connections(app.port?).await
+    }
+}
+
+/// Why the application at `address` cannot be sent requests, if it cannot:
+/// its port does not accept a connection within [`UPSTREAM_LIVENESS_TIMEOUT`].
+/// The connection is closed with a reset, so a check at every request leaves
+/// no TIME_WAIT behind.
+async fn refuses_connections(address: impl tokio::net::ToSocketAddrs) -> Option<&'static str> {
+    let connect = tokio::net::TcpStream::connect(address);
+    match tokio::time::timeout(UPSTREAM_LIVENESS_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_zero_linger();
+            None
         }
+        _ => Some("application is not accepting connections"),
     }
 }
 
@@ -251,16 +257,7 @@ impl AppPort {
 
     /// Why the application cannot be sent requests, if it cannot.
     async fn refuses(&self) -> Option<&'static str> {
-        let connect = tokio::net::TcpStream::connect((self.host.as_str(), self.port));
-        match tokio::time::timeout(UPSTREAM_LIVENESS_TIMEOUT, connect).await {
-            Ok(Ok(stream)) => {
-                // Closed with a reset: a check at every readiness request
-                // leaves no TIME_WAIT behind.
-                let _ = stream.set_zero_linger();
-                None
-            }
-            _ => Some("application is not accepting connections"),
-        }
+        refuses_connections((self.host.as_str(), self.port)).await
     }
 }
 

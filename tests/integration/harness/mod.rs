@@ -102,6 +102,19 @@ pub fn postgres_url(address: SocketAddr) -> String {
     format!("postgres://postgres@{address}/test")
 }
 
+/// `/readyz` of `server` answers `expected` (status, body); the answer, for
+/// more checks. On a mismatch, the server's log is shown.
+pub fn assert_answer(server: &Server, expected: (u16, &str)) -> Response {
+    let response = server.get("/readyz");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        expected,
+        "log:\n{}",
+        server.log()
+    );
+    response
+}
+
 /// A loopback port nothing listens on.
 pub fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
