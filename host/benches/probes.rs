@@ -22,7 +22,7 @@
 //! | `/readyz` p50 with the database's port closed (`PROBEHOST_BENCH=refused`) | the same with PostgreSQL up |
 //! | proxy mode: `/livez` and `/readyz` p50 and p99 with 200 slow requests in flight and both gunicorn workers busy (`PROBEHOST_BENCH=busy`) | the same with the application idle |
 //! | resident memory (`PROBEHOST_BENCH=memory`), anonymous and file-backed, after start-up, the `/livez` load and 300 `/readyz`, starting with an empty component cache and with a filled one | the minimal hyper server after the same load |
-//! | the readiness hot path (`PROBEHOST_BENCH=hotpath`): `/readyz` p50 at one connection, database probe alone and with memcached; `probe --ready` answered by a running server; CPU time (user + sys) per `probe --live` and `probe --ready` | the same dependency calls made directly; `probe --live` |
+//! | the readiness hot path (`PROBEHOST_BENCH=hotpath`): `/readyz` p50 at one connection, database probe alone and with memcached; `probe --ready` answered by a running server; CPU time (user + sys) per `probe --live` and `probe --ready`, also of the static release binary when `dist/` holds it | the same dependency calls made directly; `probe --live`; CPU time of `true` |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
 //! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
@@ -34,6 +34,7 @@
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -201,9 +202,9 @@ fn main() {
 /// The Redis probe in Rust and in Python: a check (fresh instance, connect,
 /// PING) beside the same round trip done by the host directly, and the time
 /// from start to the first ready answer without and with `precompile`.
-fn user_probes(rt: &tokio::runtime::Runtime, dir: &std::path::Path) {
+fn user_probes(rt: &tokio::runtime::Runtime, dir: &Path) {
     let python = dir.join("redis_probe.wasm");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = Command::new(root.join("scripts/build-python-probe.sh"))
         .arg(root.join("guest-sdk/python/examples"))
         .arg("redis_probe")
@@ -300,7 +301,7 @@ async fn redis_probe_checks(component: &str) -> Duration {
 
 /// From starting `serve` (with an empty compiled-component cache, filled by
 /// `precompile` first when asked) to the first `200` from `/readyz`.
-fn first_ready(dir: &std::path::Path, component: &str, precompile: bool) -> Duration {
+fn first_ready(dir: &Path, component: &str, precompile: bool) -> Duration {
     let run = dir.join(format!("first-ready-{}", free_port()));
     let port = free_port();
     let config = run.join("probehost.toml");
@@ -367,7 +368,7 @@ fn ready_once(address: SocketAddr) -> bool {
 
 /// Proxy mode against the minimal hyper server as the application: latency
 /// added, throughput beside nginx, and the exec probe answered by the server.
-fn proxy_mode(rt: &tokio::runtime::Runtime, dir: &std::path::Path, live_wall: Duration) {
+fn proxy_mode(rt: &tokio::runtime::Runtime, dir: &Path, live_wall: Duration) {
     let app =
         spawn_listening(Command::new(std::env::current_exe().unwrap()).arg("--baseline-server"));
     let port = free_port();
@@ -451,10 +452,10 @@ fn free_port() -> u16 {
 
 /// nginx as a reverse proxy to `upstream` with keep-alive to it, as a
 /// production setup would have it; `None` if nginx is not installed.
-fn start_nginx(dir: &std::path::Path, upstream: SocketAddr) -> Option<(Child, SocketAddr)> {
+fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(Child, SocketAddr)> {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
+        .find(|p| Path::new(p).exists())?;
     let port = free_port();
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
@@ -602,7 +603,7 @@ fn rss_split(child: &Child) -> String {
 /// requests, against the minimal hyper server after the same load; first
 /// with an empty component cache (start-up compiles the probes), then again
 /// with the cache that start filled.
-fn memory(rt: &tokio::runtime::Runtime, config: &std::path::Path) {
+fn memory(rt: &tokio::runtime::Runtime, config: &Path) {
     let mut baseline =
         spawn_listening(Command::new(std::env::current_exe().unwrap()).arg("--baseline-server"));
     for _ in 0..LOAD_ROUNDS {
@@ -1315,23 +1316,24 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
     }
 
     let config = dir.path().join("database.toml");
-    let live = || {
-        let mut command = Command::new(PROBEHOST);
+    let live = |binary: &Path| {
+        let mut command = Command::new(binary);
         command.args(["probe", "--live"]);
         command
     };
-    let ready = || {
-        let mut command = Command::new(PROBEHOST);
+    let ready = |binary: &Path| {
+        let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(&config)
             .args(["probe", "--ready"]);
         command
     };
+    let ours = Path::new(PROBEHOST);
     let (mut live_walls, mut ready_walls) = (Vec::new(), Vec::new());
     for _ in 0..LOAD_ROUNDS {
-        live_walls.push(median_wall(&mut live()));
-        ready_walls.push(median_wall(&mut ready()));
+        live_walls.push(median_wall(&mut live(ours)));
+        ready_walls.push(median_wall(&mut ready(ours)));
     }
     let (live_wall, ready_wall) = (median(live_walls), median(ready_walls));
     report(
@@ -1341,14 +1343,35 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
         "ms",
         "[ratio <= 1.5]",
     );
-    let live_cpu = cpu_per_run(&mut live());
-    let ready_cpu = cpu_per_run(&mut ready());
+    // The floor any exec probe pays: a process that does nothing.
+    let true_cpu = cpu_per_run(&mut Command::new("true"));
+    let live_cpu = cpu_per_run(&mut live(ours));
+    let ready_cpu = cpu_per_run(&mut ready(ours));
     println!(
         "CPU time (user + sys) per probe --live: {:.2} ms; per probe --ready (answered by the \
-         server): {:.2} ms  [each <= 2 ms]",
+         server): {:.2} ms; per `true`: {:.2} ms (ratios {:.2}, {:.2})  [each <= 2 ms]",
         ms(live_cpu),
-        ms(ready_cpu)
+        ms(ready_cpu),
+        ms(true_cpu),
+        ms(live_cpu) / ms(true_cpu),
+        ms(ready_cpu) / ms(true_cpu)
     );
+    // The binary users install (wheel, image) is the static one `scripts/dist.sh`
+    // builds; when it is there, the same figures for it.
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/probehost-x86_64-unknown-linux-musl");
+    if shipped.is_file() {
+        let live_cpu = cpu_per_run(&mut live(&shipped));
+        let ready_cpu = cpu_per_run(&mut ready(&shipped));
+        println!(
+            "the same for dist/probehost-x86_64-unknown-linux-musl: {:.2} ms; {:.2} ms \
+             (ratios to `true` {:.2}, {:.2})  [each <= 2 ms]",
+            ms(live_cpu),
+            ms(ready_cpu),
+            ms(live_cpu) / ms(true_cpu),
+            ms(ready_cpu) / ms(true_cpu)
+        );
+    }
     alone.stop();
     both.stop();
 }
