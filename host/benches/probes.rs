@@ -22,7 +22,7 @@
 //! | `/readyz` p50 with the database's port closed (`PROBEHOST_BENCH=refused`) | the same with PostgreSQL up |
 //! | proxy mode: `/livez` and `/readyz` p50 and p99 with 200 slow requests in flight and both gunicorn workers busy (`PROBEHOST_BENCH=busy`) | the same with the application idle |
 //! | resident memory (`PROBEHOST_BENCH=memory`), anonymous and file-backed, after start-up, the `/livez` load and 300 `/readyz`, starting with an empty component cache and with a filled one | the minimal hyper server after the same load |
-//! | the readiness hot path (`PROBEHOST_BENCH=hotpath`): `/readyz` p50 at one connection, database probe alone and with memcached; `probe --ready` answered by a running server; CPU time (user + sys) per `probe --live` and `probe --ready`, also of the static release binary when `dist/` holds it | the same dependency calls made directly; `probe --live`; CPU time of `true` |
+//! | the readiness hot path (`PROBEHOST_BENCH=hotpath`): `/readyz` p50 at one connection, database probe alone and with memcached; `probe --ready` answered by a running server; CPU time (user + sys) per `probe --live` and `probe --ready`, also of the static release binary when `dist/` holds it | the same dependency calls made directly; the HTTP round trip (`/livez`) and two thread hand-overs, on two CPUs and where the scheduler puts them; `probe --live`; CPU time of `true` |
 //!
 //! Needs PostgreSQL (127.0.0.1:5432), memcached (127.0.0.1:11211), Redis
 //! (127.0.0.1:6379) and componentize-py in `.venv` (`scripts/setup.sh`); traffic
@@ -1288,6 +1288,18 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
              [probes.memcached]\ncomponent = \"builtin:memcached\"\n"
         ),
     );
+    // Where the scheduler puts the two threads, and on two different CPUs.
+    let together = handover_latency(None);
+    let handover = match allowed_cpus()[..] {
+        [first, second, ..] => handover_latency(Some((first, second))),
+        _ => together,
+    };
+    println!(
+        "two thread hand-overs (spawn on another runtime's only worker and await it, both \
+         threads idle before): p50 {:.0} µs on two CPUs; {:.0} µs where the scheduler puts them",
+        micros(handover),
+        micros(together)
+    );
     for (name, server, with_cache) in [
         ("database", &alone, false),
         ("database + memcached", &both, true),
@@ -1309,9 +1321,11 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
         );
         println!(
             "    → probehost's own share: {:.0} µs, of which the HTTP round trip alone \
-             (/livez p50 on the same connection kind) is {:.0} µs",
+             (/livez p50 on the same connection kind) is {:.0} µs; less that and the two \
+             hand-overs on two CPUs: {:.0} µs",
             micros(ours) - micros(floor),
-            micros(http)
+            micros(http),
+            micros(ours) - micros(floor) - micros(http) - micros(handover)
         );
     }
 
@@ -1374,6 +1388,87 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
     }
     alone.stop();
     both.stop();
+}
+
+/// p50 of the two thread hand-overs each `/readyz` makes and a direct query does
+/// not: from a serving thread to the probe runtime's only worker (`serve` hands
+/// every check over so that no probe can delay `/livez`) and back. Both threads
+/// are left idle before each sample, as they are between requests. `apart`
+/// pins the two threads to two different CPUs, as the scheduler tends to place
+/// them in `serve` (each follows the process it talks to: the client, the
+/// database); without it the scheduler places them.
+fn handover_latency(apart: Option<(usize, usize)>) -> Duration {
+    let serving = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probes = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .on_thread_start(move || {
+            if let Some((_, cpu)) = apart {
+                pin_to_cpu(cpu);
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = probes.handle().clone();
+    let samples = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some((cpu, _)) = apart {
+                    pin_to_cpu(cpu);
+                }
+                let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+                for i in 0..LATENCY_SAMPLES + 20 {
+                    std::thread::sleep(Duration::from_micros(300));
+                    let took = serving.block_on(async {
+                        let started = Instant::now();
+                        handle.spawn(async {}).await.unwrap();
+                        started.elapsed()
+                    });
+                    if i >= 20 {
+                        samples.push(took);
+                    }
+                }
+                samples
+            })
+            .join()
+            .unwrap()
+    });
+    median(samples)
+}
+
+/// The CPUs this process may run on.
+#[allow(unsafe_code)]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the zeroed set it is given; CPU_ISSET
+    // only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Run the calling thread on `cpu` only.
+#[allow(unsafe_code)]
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: the set is zeroed and then filled by libc's own macros; the call
+    // reads it and changes only the calling thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning a bench thread to CPU {cpu}"
+        );
+    }
 }
 
 /// User plus system CPU time that one run of `command` costs, averaged over
