@@ -1288,15 +1288,20 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
              [probes.memcached]\ncomponent = \"builtin:memcached\"\n"
         ),
     );
-    // Where the scheduler puts the two threads, and on two different CPUs.
+    // Where the scheduler puts the two threads, and on two different CPUs (with
+    // only one CPU to run on, there is no such case and the first stands in).
     let together = handover_latency(None);
-    let handover = match allowed_cpus()[..] {
-        [first, second, ..] => handover_latency(Some((first, second))),
-        _ => together,
+    let apart = match allowed_cpus()[..] {
+        [first, second, ..] => Some(handover_latency(Some((first, second)))),
+        _ => None,
+    };
+    let (handover, on) = match apart {
+        Some(apart) => (apart, "on two CPUs"),
+        None => (together, "on the one CPU there is"),
     };
     println!(
         "two thread hand-overs (spawn on another runtime's only worker and await it, both \
-         threads idle before): p50 {:.0} µs on two CPUs; {:.0} µs where the scheduler puts them",
+         threads idle before): p50 {:.0} µs {on}; {:.0} µs where the scheduler puts them",
         micros(handover),
         micros(together)
     );
@@ -1322,7 +1327,7 @@ fn hot_path(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) {
         println!(
             "    → probehost's own share: {:.0} µs, of which the HTTP round trip alone \
              (/livez p50 on the same connection kind) is {:.0} µs; less that and the two \
-             hand-overs on two CPUs: {:.0} µs",
+             hand-overs {on}: {:.0} µs",
             micros(ours) - micros(floor),
             micros(http),
             micros(ours) - micros(floor) - micros(http) - micros(handover)

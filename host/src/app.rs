@@ -213,7 +213,10 @@ pub fn build_state(
         readiness,
         metrics,
         upstream,
-        ready_upstream: (config.server.upstream.as_deref())
+        ready_upstream: config
+            .server
+            .upstream
+            .as_deref()
             .filter(|_| config.server.readiness_upstream)
             .and_then(AppPort::of),
         detail: config.server.verbose,
