@@ -175,11 +175,13 @@ impl Routes {
     }
 }
 
-/// Process state the routes read: draining, and in `run` mode the application's
-/// life.
+/// Process state the routes read: draining, whether the application's port
+/// has accepted a readiness check's connection, and in `run` mode the
+/// application's life.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     draining: AtomicBool,
+    app_reached: AtomicBool,
     app: Option<AppLiveness>,
 }
 
@@ -194,8 +196,8 @@ impl Lifecycle {
     /// `run` mode: liveness follows `alive` (and `port`, when given).
     pub fn supervising(alive: Arc<AtomicBool>, port: Option<SocketAddr>) -> Lifecycle {
         Lifecycle {
-            draining: AtomicBool::new(false),
             app: Some(AppLiveness { alive, port }),
+            ..Lifecycle::default()
         }
     }
 
@@ -318,7 +320,14 @@ pub async fn answer<B>(
         },
         Route::Ready(probe) => ready(state, request, *probe, detail).await,
         Route::Startup => {
-            if state.readiness.has_passed() {
+            // Started once the probes have passed and (in proxy mode) the
+            // application's port has accepted, not necessarily at once: a
+            // check of the probes alone (`/readyz/NAME`, the background loop,
+            // a `/readyz` the port refused) does not start an application
+            // that is not listening.
+            let app_reached = state.ready_upstream.is_none()
+                || state.lifecycle.app_reached.load(Ordering::Relaxed);
+            if state.readiness.has_passed() && app_reached {
                 text(StatusCode::OK, "Ok")
             } else {
                 ready(state, request, None, detail).await
@@ -375,9 +384,11 @@ async fn ready<B>(
     // the evaluation goes on meanwhile.
     if probe.is_none()
         && let Some(port) = &state.ready_upstream
-        && let Some(reason) = port.refuses().await
     {
-        return text(StatusCode::SERVICE_UNAVAILABLE, reason);
+        if let Some(reason) = port.refuses().await {
+            return text(StatusCode::SERVICE_UNAVAILABLE, reason);
+        }
+        state.lifecycle.app_reached.store(true, Ordering::Relaxed);
     }
     let age = evaluation.age();
     match (format, probe) {

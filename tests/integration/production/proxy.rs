@@ -54,6 +54,29 @@ fn readiness_waits_for_the_application_to_accept_connections() {
 }
 
 #[test]
+fn startup_waits_for_the_application_even_after_the_probes_have_passed() {
+    // The probes pass (here asked one by one, as the background loop or a
+    // `/readyz` the port refused would run them) while the application does
+    // not listen: the startup probe must not pass, or the kubelet starts
+    // sending readiness probes to a pod that cannot serve.
+    let port = closed_port();
+    let (_dir, server) = proxy(&format!("http://{port}"), "");
+    assert_eq!(server.get("/readyz/fine").status, 200);
+    let refused = (503, "application is not accepting connections");
+    for path in ["/startupz", "/readyz", "/startupz"] {
+        let response = server.get(path);
+        assert_eq!((response.status, response.body.as_str()), refused, "{path}");
+    }
+    // Once it has accepted, startup is over, even if it stops accepting later
+    // (liveness and readiness say that).
+    let listening = std::net::TcpListener::bind(port).unwrap();
+    assert_eq!(server.get("/startupz").body, "Ok");
+    drop(listening);
+    assert_eq!(server.get("/startupz").body, "Ok");
+    assert_eq!(server.get("/readyz").status, 503);
+}
+
+#[test]
 fn readiness_upstream_false_leaves_the_application_out_of_readiness() {
     let port = closed_port();
     let (_dir, server) = proxy(&format!("http://{port}"), "readiness_upstream = false");
